@@ -1,0 +1,22 @@
+"""Registry of backbones. Importing this package registers the built-in ones."""
+
+from backbones._registry import (
+    PREPROCESSING_MODES,
+    BackboneSpec,
+    create_backbone,
+    get_spec,
+    is_backbone,
+    list_backbones,
+    register_backbone,
+)
+from backbones import keras_apps  # noqa: F401  (registers the built-in specs)
+
+__all__ = [
+    "PREPROCESSING_MODES",
+    "BackboneSpec",
+    "create_backbone",
+    "get_spec",
+    "is_backbone",
+    "list_backbones",
+    "register_backbone",
+]

@@ -1,0 +1,114 @@
+"""Run configuration: one frozen dataclass, resolved once.
+
+Precedence: command-line flags, then the dataset's own card (``dataset.json``:
+the phantom data recommends its image size and epochs), then the reference
+protocol's defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+# The notebook recipe this project grew from.
+REFERENCE = {
+    "image_size": 150,
+    "epochs": 12,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "dropout": 0.5,
+    "finetune": "all",
+}
+# Settings a dataset card may recommend.
+CARD_KEYS = ("image_size", "epochs")
+
+FINETUNE_PATTERN = re.compile(r"^(all|head|top:[1-9][0-9]*)$")
+AUGMENT_CHOICES = ("none", "light")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a run computes.
+
+    Args:
+        backbone: registered backbone name.
+        data: dataset folder; ``None`` means the embedded phantom dataset.
+        out: folder under which run folders are made.
+        image_size: square input size in pixels.
+        epochs: training epochs.
+        batch_size: images per step.
+        learning_rate: Adam's learning rate.
+        dropout: dropout rate before the classifier.
+        finetune: ``all`` (the reference), ``head`` (frozen backbone) or ``top:N``
+            (the last N backbone layers train).
+        augment: ``none`` or ``light`` (flips, small rotations and zooms; training only).
+        val_fraction: stratified share of the training pool held out for validation.
+        test_fraction: share of a single-folder dataset held out as the test set.
+        seed: seeds the split, the weights initialisation and the shuffling.
+        weights: ``auto``, ``imagenet``, ``none`` or a weights-file path.
+        precision: ``auto`` (mixed bf16 on a GPU, fp32 on a CPU), ``fp32``, ``bf16``, ``fp16``.
+        early_stopping: patience in epochs on ``val_accuracy``; ``None`` disables it.
+        workers: decoding processes; ``None`` uses every core.
+    """
+
+    backbone: str = "efficientnetb0"
+    data: str | None = None
+    out: str = "runs"
+    image_size: int = REFERENCE["image_size"]
+    epochs: int = REFERENCE["epochs"]
+    batch_size: int = REFERENCE["batch_size"]
+    learning_rate: float = REFERENCE["learning_rate"]
+    dropout: float = REFERENCE["dropout"]
+    finetune: str = REFERENCE["finetune"]
+    augment: str = "none"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    weights: str = "auto"
+    precision: str = "auto"
+    early_stopping: int | None = None
+    workers: int | None = None
+
+    def __post_init__(self):
+        _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(bool(FINETUNE_PATTERN.match(self.finetune)),
+               f"finetune must be all, head or top:N, got {self.finetune!r}")
+        _check(self.augment in AUGMENT_CHOICES, f"augment must be one of {AUGMENT_CHOICES}")
+        _check(self.precision in PRECISION_CHOICES, f"precision must be one of {PRECISION_CHOICES}")
+        _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def finetune_top(self) -> int | None:
+        """N for ``top:N``, else ``None``."""
+        return int(self.finetune.split(":")[1]) if self.finetune.startswith("top:") else None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def resolve_config(flags: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> RunConfig:
+    """Build the one ``RunConfig`` of a run.
+
+    Args:
+        flags: values the user gave (``None`` values count as not given).
+        card: the dataset card; its ``image_size`` and ``epochs`` fill what flags leave open.
+    """
+    values = {k: v for k, v in (card or {}).items() if k in CARD_KEYS and v is not None}
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = set(flags) - known
+    if unknown:
+        raise TypeError(f"unknown configuration keys: {sorted(unknown)}")
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return RunConfig(**values)

@@ -1,0 +1,145 @@
+"""From a dataset folder to train/validation/test arrays: discover, decode, split."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from suite.data.decode import load_images
+from suite.data.discover import DatasetIndex, Entry, check_readable
+from suite.data.splits import Split, make_split, split_fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """A decoded, split dataset.
+
+    Attributes:
+        index: what discovery found.
+        entries: the files that decoded, one per row of ``images``.
+        images: ``(n, size, size, 3)`` uint8 RGB (memory-mapped).
+        y: integer label of each row, indexing ``labels``.
+        split: row indices of train, validation and test.
+        skipped: ``{"path", "reason"}`` for every file that did not decode.
+        data_fingerprint: digest of every file's path, label, split and content.
+        split_fingerprint: digest of which file went to which part.
+        cache_hit: the images came from the cache, nothing was decoded.
+        seconds: wall time of the whole data stage.
+    """
+
+    index: DatasetIndex
+    entries: tuple[Entry, ...]
+    images: np.ndarray
+    y: np.ndarray
+    split: Split
+    skipped: tuple[dict, ...]
+    data_fingerprint: str
+    split_fingerprint: str
+    cache_hit: bool
+    seconds: float
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.index.labels
+
+    def arrays(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """In-memory ``(x, y)`` of ``"train"``, ``"val"`` or ``"test"``."""
+        rows = self.split.parts()[part]
+        return np.ascontiguousarray(self.images[rows]), self.y[rows]
+
+    def paths(self, part: str) -> list[Path]:
+        return [self.entries[i].path for i in self.split.parts()[part]]
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        counts = {}
+        for part, rows in self.split.parts().items():
+            found = np.bincount(self.y[rows], minlength=len(self.labels))
+            counts[part] = {label: int(n) for label, n in zip(self.labels, found)}
+        return counts
+
+
+def prepare_data(
+    index: DatasetIndex,
+    *,
+    image_size: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    """Decode (or load from cache) and split a discovered dataset.
+
+    Raises:
+        DataError: a class folder whose files all fail to decode, or a class too small
+            to split; the message names it.
+    """
+    start = time.perf_counter()
+    paths = [e.path for e in index.entries]
+    decoded = load_images(paths, image_size, workers=workers, progress=progress)
+    ok = decoded.ok
+    kept = tuple(e for e, good in zip(index.entries, ok) if good)
+    check_readable(index, kept)
+    rows = np.flatnonzero(ok)
+    y = np.array([index.labels.index(e.label) for e in kept], dtype=np.int64)
+    split = make_split(
+        np.array([e.label for e in kept]),
+        np.array([e.split for e in kept]),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    keys = [f"{_relpath(e.path, index.root)}\t{decoded.digests[i]}" for e, i in zip(kept, rows)]
+    # Rows of unreadable files stay in the cached array; select the readable ones lazily.
+    images = decoded.images if ok.all() else _RowView(decoded.images, rows)
+    return PreparedData(
+        index=index,
+        entries=kept,
+        images=images,
+        y=y,
+        split=split,
+        skipped=_skipped(index, decoded.reasons),
+        data_fingerprint=_data_fingerprint(index, decoded.digests),
+        split_fingerprint=split_fingerprint(split, keys),
+        cache_hit=decoded.cache_hit,
+        seconds=time.perf_counter() - start,
+    )
+
+
+class _RowView:
+    """Index a memory-mapped array through a row map without copying it whole."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self._array, self._rows = array, rows
+        self.shape = (len(rows),) + array.shape[1:]
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, item):
+        return self._array[self._rows[item]]
+
+
+def _relpath(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _skipped(index: DatasetIndex, reasons) -> tuple[dict, ...]:
+    return tuple(
+        {"path": str(e.path), "reason": r} for e, r in zip(index.entries, reasons) if r is not None
+    )
+
+
+def _data_fingerprint(index: DatasetIndex, digests) -> str:
+    h = hashlib.sha256()
+    for e, d in zip(index.entries, digests):
+        h.update(f"{e.split}\t{e.label}\t{_relpath(e.path, index.root)}\t{d}\n".encode())
+    return h.hexdigest()[:16]

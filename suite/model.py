@@ -1,0 +1,137 @@
+"""One model builder for every backbone: raw RGB -> preprocessing -> backbone -> head."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backbones import BackboneSpec, create_backbone
+from suite.config import RunConfig
+
+# ImageNet statistics, RGB order, 0-255 scale.
+IMAGENET_MEAN = np.array([123.68, 116.779, 103.939], dtype=np.float32)
+IMAGENET_STD = np.array([58.393, 57.12, 57.375], dtype=np.float32)
+
+
+def preprocessing_layer(mode: str):
+    """The backbone's input scaling as a standard Keras layer (saved with the model).
+
+    Returns ``None`` when the backbone scales its own input.
+    """
+    import keras
+
+    if mode == "none":
+        return None
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_tf", dtype="float32")
+    if mode == "torch":
+        return keras.layers.Normalization(
+            mean=IMAGENET_MEAN, variance=IMAGENET_STD**2, name="preprocess_torch", dtype="float32"
+        )
+    if mode == "caffe":
+        return _caffe_layer()
+    raise ValueError(f"unknown preprocessing mode {mode!r}")
+
+
+def _caffe_layer():
+    """RGB -> BGR and minus the BGR means, as one frozen 1x1 linear map.
+
+    A plain Dense layer with fixed weights, so ``keras.saving.load_model`` needs no
+    custom code to load a saved ResNet model.
+    """
+    import keras
+
+    layer = keras.layers.Dense(3, name="preprocess_caffe", trainable=False, dtype="float32")
+    layer.build((None, 3))
+    flip = np.eye(3, dtype=np.float32)[::-1]  # x @ flip reverses the channel order
+    layer.set_weights([flip, -IMAGENET_MEAN[::-1].copy()])
+    return layer
+
+
+def augmentation_layers(kind: str, seed: int) -> list:
+    """Random layers that act in training only (Keras turns them off at inference)."""
+    import keras
+
+    if kind == "none":
+        return []
+    return [
+        keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+        keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed + 1, name="aug_rotate"),
+        keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2, name="aug_zoom"),
+    ]
+
+
+def set_trainable(backbone, finetune: str) -> bool:
+    """Freeze the backbone as ``finetune`` says; returns whether BatchNorm runs in training mode.
+
+    ``head`` freezes everything; ``top:N`` unfreezes the last N layers but keeps their
+    BatchNormalization statistics frozen, as Keras's fine-tuning guide advises.
+    """
+    import keras
+
+    if finetune == "all":
+        backbone.trainable = True
+        return True
+    if finetune == "head":
+        backbone.trainable = False
+        return False
+    n = int(finetune.split(":")[1])
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        top = i >= len(backbone.layers) - n
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+    return False
+
+
+def build_model(spec: BackboneSpec, config: RunConfig, n_classes: int, weights: str | None):
+    """Build and compile the classifier.
+
+    The model takes raw RGB images with values 0-255 (any numeric dtype) and returns
+    class probabilities; the backbone's own preprocessing is inside it.
+
+    Args:
+        spec: the backbone's registry entry.
+        config: the run's configuration (image size, dropout, finetune, augment, lr).
+        n_classes: width of the softmax.
+        weights: the constructor's ``weights`` argument (see ``suite.weights``).
+    """
+    import keras
+
+    size = config.image_size
+    inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
+    x = inputs
+    for layer in augmentation_layers(config.augment, config.seed):
+        x = layer(x)
+    pre = preprocessing_layer(spec.preprocessing)
+    if pre is not None:
+        x = pre(x)
+    backbone = create_backbone(spec.name, input_size=size, weights=weights)
+    bn_training = set_trainable(backbone, config.finetune)
+    x = backbone(x, training=None if bn_training else False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    # The softmax stays in float32 under mixed precision, for stable probabilities.
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
+    model = keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def set_precision(precision: str, on_accelerator: bool) -> str:
+    """Set Keras's global dtype policy; returns the policy name used.
+
+    ``auto`` means mixed bfloat16 on a GPU and float32 on a CPU.
+    """
+    import keras
+
+    policy = {
+        "fp32": "float32",
+        "bf16": "mixed_bfloat16",
+        "fp16": "mixed_float16",
+        "auto": "mixed_bfloat16" if on_accelerator else "float32",
+    }[precision]
+    keras.config.set_dtype_policy(policy)
+    return policy

@@ -1,0 +1,167 @@
+"""``suite run``: one backbone, one dataset, one complete run folder.
+
+data folder -> discover -> decode/cache -> split -> build model -> fit -> evaluate
+-> run folder (manifest, history, metrics, predictions, model, logs) -> report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from backbones import get_spec
+from suite import runs
+from suite.config import RunConfig, resolve_config
+from suite.data.dataset import PreparedData, prepare_data
+from suite.data.discover import discover
+from suite.io import write_csv_atomic, write_json_atomic
+from suite.weights import WeightsChoice, resolve_weights
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(flags: Mapping[str, Any], *, progress: bool = True, log: Callable[[str], None] = _log) -> Path:
+    """Train and evaluate one backbone; return the finished run folder.
+
+    Args:
+        flags: user settings (see ``RunConfig``); missing or ``None`` ones are resolved
+            from the dataset's card and the reference defaults.
+        progress: show progress bars.
+        log: where one-line status messages go.
+
+    Raises:
+        SuiteError: bad data or unavailable weights, before any run folder is made.
+    """
+    spec = get_spec(flags.get("backbone") or RunConfig.backbone)
+    index = discover(flags.get("data") or _phantom_root(log))
+    config = resolve_config({**flags, "backbone": spec.name}, index.card)
+    weights = resolve_weights(spec, config.weights, config.image_size)
+    if weights.warning:
+        log(f"warning: {weights.warning}")
+    log(f"data: {index.root} ({len(index.entries)} files, labels {', '.join(index.labels)})")
+    data = prepare_data(
+        index,
+        image_size=config.image_size,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        workers=config.workers,
+        progress=progress,
+    )
+    log(f"data ready in {data.seconds:.1f}s (cache {'hit' if data.cache_hit else 'miss'}, "
+        f"{len(data.skipped)} skipped)")
+    run_dir = runs.new_run_dir(config.out, spec.name)
+    manifest = initial_manifest(run_dir, config, data, weights)
+    runs.write_manifest(run_dir, manifest)
+    try:
+        _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
+    except BaseException as exc:
+        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        manifest["finished"] = _now()
+        runs.write_manifest(run_dir, manifest)
+        _write_report(run_dir, log)
+    return run_dir
+
+
+def _phantom_root(log) -> Path:
+    from suite.data.phantom import default_phantom_dir, ensure_phantom
+
+    if not default_phantom_dir().is_dir():
+        log(f"no --data given: generating the synthetic phantom dataset into {default_phantom_dir()}")
+    return ensure_phantom()
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weights: WeightsChoice) -> dict:
+    """The manifest as it stands before training; completed as the run goes on."""
+    from suite.device import backend, describe_device, package_versions
+
+    warnings = [weights.warning] if weights.warning else []
+    if data.index.synthetic:
+        warnings.insert(0, "This run used synthetic phantom data, not real MRI: its figures say "
+                           "nothing about clinical performance.")
+    return {
+        "schema": 1,
+        "run_id": run_dir.name,
+        "status": "running",
+        "error": None,
+        "created": _now(),
+        "backbone": config.backbone,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "dataset": data.index.describe(),
+        "data_fingerprint": data.data_fingerprint,
+        "split_fingerprint": data.split_fingerprint,
+        "class_counts": data.class_counts(),
+        "cache_hit": data.cache_hit,
+        "skipped": list(data.skipped),
+        "n_skipped": len(data.skipped),
+        "weights": weights.describe(),
+        "warnings": warnings,
+        "backend": backend(),
+        "device": describe_device(),
+        "package_versions": package_versions(),
+        "timings": {"data_s": round(data.seconds, 3)},
+    }
+
+
+def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> None:
+    import keras
+
+    from suite.device import accelerators
+    from suite.evaluate import classification_metrics, prediction_rows
+    from suite.model import build_model, set_precision
+    from suite.train import fit, make_callbacks
+
+    keras.backend.clear_session()
+    previous_policy = keras.config.dtype_policy()
+    manifest["precision_policy"] = set_precision(config.precision, bool(accelerators()))
+    try:
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(spec, config, len(data.labels), weights.argument)
+        manifest["params"] = int(model.count_params())
+        callbacks, warnings = make_callbacks(config, run_dir)
+        manifest["warnings"].extend(warnings)
+        train, val = data.arrays("train"), data.arrays("val")
+        log(f"training {spec.name} at {config.image_size}px on {len(train[1])} images "
+            f"({len(val[1])} validation) for {config.epochs} epochs")
+        start = time.perf_counter()
+        history = fit(model, config, train, val, callbacks, verbose=1 if sys.stderr.isatty() else 2)
+        manifest["timings"]["train_s"] = round(time.perf_counter() - start, 3)
+        manifest["epochs_run"] = len(history.epoch)
+        manifest["train_images_per_s"] = round(
+            len(train[1]) * len(history.epoch) / manifest["timings"]["train_s"], 2
+        )
+        start = time.perf_counter()
+        best = keras.saving.load_model(run_dir / runs.MODEL)
+        x_test, y_test = data.arrays("test")
+        probs = best.predict(x_test, batch_size=config.batch_size, verbose=0)
+        metrics = classification_metrics(y_test, probs, data.labels)
+        manifest["timings"]["eval_s"] = round(time.perf_counter() - start, 3)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    write_json_atomic(run_dir / runs.METRICS, metrics)
+    header, rows = prediction_rows(data.paths("test"), y_test, probs, data.labels)
+    write_csv_atomic(run_dir / runs.PREDICTIONS, header, rows)
+    manifest["status"] = "completed"
+    log(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+        f"on {metrics['n_test']} images")
+
+
+def _write_report(run_dir: Path, log) -> None:
+    try:
+        from reports.render import write_run_report
+
+        write_run_report(run_dir)
+    except Exception as exc:  # a report problem must not lose the run itself
+        log(f"warning: the report could not be written: {type(exc).__name__}: {exc}")
