@@ -26,6 +26,7 @@ import sys
 import tempfile
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -46,6 +47,9 @@ DESCRIPTION = (
 _REF_SIZE = 128  # pixel-valued parameters are given for 128 px and scaled from it
 
 
+_ANGLES = np.linspace(-np.pi, np.pi, 1025)  # where periodic profiles are tabulated
+
+
 @dataclasses.dataclass(frozen=True)
 class _Head:
     """Pose and shape of one head; lengths are in head units unless named ``*_px``.
@@ -57,9 +61,8 @@ class _Head:
         aspect: width / height of the outline.
         angle: in-plane rotation in radians.
         mirror: whether left and right are swapped.
-        outline: ``(k, amplitude, phase)`` rows; the outline radius is 1 plus their sum.
-        skull: same, for the relative variation of the skull thickness.
-        skull_mean: mean skull thickness.
+        outer_r: radius of the outline, tabulated at ``_ANGLES``.
+        inner_r: radius of the inner table of the skull, likewise.
         skin: scalp thickness.
         csf: width of the CSF gap between skull and brain.
         base_height: how far the skull base rises into the head at the midline.
@@ -71,32 +74,35 @@ class _Head:
     aspect: float
     angle: float
     mirror: bool
-    outline: np.ndarray
-    skull: np.ndarray
-    skull_mean: float
+    outer_r: np.ndarray
+    inner_r: np.ndarray
     skin: float
     csf: float
     base_height: float
 
     def outer(self, phi):
         """Radius of the head outline at polar angle ``phi``."""
-        return 1.0 + _harmonics(phi, self.outline)
-
-    def thickness(self, phi):
-        """Skull thickness at ``phi``: varies around the head as in real skulls."""
-        return np.maximum(self.skull_mean * (1.0 + _harmonics(phi, self.skull)), 0.03)
+        return _lookup(phi, self.outer_r)
 
     def inner(self, phi):
         """Radius of the inner table of the skull at ``phi``."""
-        return self.outer(phi) - self.skin - self.thickness(phi)
+        return _lookup(phi, self.inner_r)
 
     def brain(self, phi):
         """Radius of the brain surface at ``phi``."""
-        return self.inner(phi) - self.csf
+        return _lookup(phi, self.inner_r) - self.csf
 
     def sella_top(self) -> float:
         """``v`` of the top of the skull base at the midline, where the sella sits."""
         return -self.inner(-np.pi / 2) + self.base_height
+
+
+class _Slice(NamedTuple):
+    """A rendered slice with the head pose and lesion it was drawn with."""
+
+    image: np.ndarray
+    head: _Head
+    lesion: "_Lesion | None"
 
 
 def render_slice(rng: np.random.Generator, label: str, size: int = 128) -> np.ndarray:
@@ -104,42 +110,52 @@ def render_slice(rng: np.random.Generator, label: str, size: int = 128) -> np.nd
 
     Args:
         rng: the only source of randomness, so a given generator state always gives
-            the same image.
+            the same image. The same state gives the same head, anatomy and noise for
+            every label: only the lesion (and the tissue it pushes aside) differs.
         label: one of ``CLASSES``.
         size: width and height in pixels.
 
     Returns:
         ``(size, size)`` uint8 greyscale image.
     """
+    return _render(rng, label, size).image
+
+
+def _render(rng: np.random.Generator, label: str, size: int) -> _Slice:
     if label not in CLASSES:
         raise ValueError(f"unknown label {label!r}; expected one of {CLASSES}")
-    head = _sample_head(rng, size)
-    tissue = _sample_tissue(rng)
+    # Separate streams, so that drawing a lesion leaves the rest of the slice unchanged.
+    anatomy_rng, lesion_rng, scan_rng = map(np.random.default_rng, rng.integers(2**63, size=3))
+    head = _sample_head(anatomy_rng, size)
+    tissue = _sample_tissue(anatomy_rng)
+    fields = _Fields(anatomy_rng, size)
     u, v = _head_grid(head, size)
-    fields = _Fields(rng, size)
-    lesion = _sample_lesion(rng, head, label)
+    lesion = _sample_lesion(lesion_rng, head, label)
     uw, vw = _mass_effect(u, v, lesion)
     img, brain = _anatomy(head, tissue, fields, u, v, uw, vw)
     img = _skull_base(head, tissue, u, v, img)
     img = _paint_lesion(head, tissue, fields, lesion, u, v, brain, img)
-    img = _distractors(rng, head, u, v, brain, img)
-    return _acquire(rng, img, size)
+    img = _distractors(anatomy_rng, head, u, v, brain, img)
+    return _Slice(_acquire(scan_rng, img, size), head, lesion)
 
 
 # --- sampling -----------------------------------------------------------------------
 
 
-def _harmonics(phi, rows: np.ndarray):
-    """Sum of ``amplitude * cos(k * phi + phase)`` over ``rows``: a smooth periodic wobble."""
-    phi = np.asarray(phi, dtype=np.float64)
-    out = np.zeros_like(phi)
-    for k, amp, phase in rows:
-        out = out + amp * np.cos(k * phi + phase)
-    return out
+def _lookup(phi, table):
+    """Value of a profile tabulated at ``_ANGLES``, at any angle(s) ``phi``."""
+    return np.interp(np.mod(np.add(phi, np.pi), 2 * np.pi) - np.pi, _ANGLES, table)
 
 
-def _random_harmonics(rng, ks, max_amp) -> np.ndarray:
-    return np.array([(k, rng.uniform(0, max_amp), rng.uniform(0, 2 * np.pi)) for k in ks])
+def _wobble(rng, ks, max_amp) -> np.ndarray:
+    """A random smooth periodic profile: a few harmonics, tabulated at ``_ANGLES``.
+
+    Tabulated because it is evaluated on every pixel, several times per image.
+    """
+    table = np.zeros_like(_ANGLES)
+    for k in ks:
+        table += rng.uniform(0, max_amp) * np.cos(k * _ANGLES + rng.uniform(0, 2 * np.pi))
+    return table
 
 
 def _sample_head(rng: np.random.Generator, size: int) -> _Head:
@@ -152,6 +168,10 @@ def _sample_head(rng: np.random.Generator, size: int) -> _Head:
     # Shift anywhere that keeps the whole head (give or take a pixel) in the picture.
     room = max(size / 2 - extent - 1, 0.0)
     centre = size / 2 + rng.uniform(-room, room, size=2)
+    outer = 1.0 + _wobble(rng, (2, 3, 4), 0.025)
+    skin = rng.uniform(0.025, 0.045)
+    # Skull thickness varies around the head, as in real skulls.
+    skull = rng.uniform(0.06, 0.12) * (1.0 + _wobble(rng, (1, 2, 3, 5), 0.22))
     return _Head(
         plane=plane,
         centre_px=(float(centre[0]), float(centre[1])),
@@ -159,10 +179,9 @@ def _sample_head(rng: np.random.Generator, size: int) -> _Head:
         aspect=aspect,
         angle=rng.uniform(0, 2 * np.pi),
         mirror=bool(rng.integers(2)),
-        outline=_random_harmonics(rng, (2, 3, 4), 0.025),
-        skull=_random_harmonics(rng, (1, 2, 3, 5), 0.22),
-        skull_mean=rng.uniform(0.06, 0.12),
-        skin=rng.uniform(0.025, 0.045),
+        outer_r=outer,
+        inner_r=outer - skin - np.maximum(skull, 0.03),
+        skin=skin,
         csf=rng.uniform(0.012, 0.03),
         base_height=rng.uniform(0.22, 0.32),
     )
@@ -375,8 +394,8 @@ def _sample_glioma(rng, head):
     reach = head.brain(phi) - 1.5 * radius
     dist = rng.uniform(0.15, 1.0) * max(reach, 0.05)
     params = {
-        "shape": _random_harmonics(rng, (2, 3, 4, 5), 0.1),
-        "oedema_shape": _random_harmonics(rng, (3, 4, 5, 6, 7), 0.12),
+        "shape": _wobble(rng, (2, 3, 4, 5), 0.1),
+        "oedema_shape": _wobble(rng, (3, 4, 5, 6, 7), 0.12),
         "oedema_reach": rng.uniform(1.55, 1.95),
         "oedema_dark": rng.random() < 0.75,
         "necrotic": rng.random() < 0.8,
@@ -436,8 +455,8 @@ def _paint_glioma(head, tissue, fields, lesion, u, v, brain, img):
     edge = 1.2 / head.radius_px
     p = lesion.params
     d, theta = _polar(u - lesion.centre[0], v - lesion.centre[1])
-    bound = lesion.radius * (1 + _harmonics(theta, p["shape"]) + 0.06 * fields.coarse)
-    oedema_bound = bound * p["oedema_reach"] * (1 + _harmonics(theta, p["oedema_shape"]))
+    bound = lesion.radius * (1 + _lookup(theta, p["shape"]) + 0.06 * fields.coarse)
+    oedema_bound = bound * p["oedema_reach"] * (1 + _lookup(theta, p["oedema_shape"]))
     oedema_value = tissue["csf"] * 1.6 + 0.1 if p["oedema_dark"] else 0.85
     img = _paint(img, 0.85 * _inside(oedema_bound - d, edge * 4) * brain, oedema_value)
     if p["necrotic"]:

@@ -1,0 +1,179 @@
+"""Is the phantom dataset learnable, but not trivially? Measure it.
+
+Two numbers, on the Testing split of a phantom dataset:
+
+* a MobileNetV2 trained from random initialisation at 64x64 px with the suite's
+  reference recipe (one run per model seed) should score high (>= 0.90);
+* logistic regression on standardised raw 32x32 greyscale pixels should score low
+  (<= 0.70): the lesions must not be findable by position or brightness alone.
+
+Prints one JSON object on stdout; progress goes to stderr.
+
+    python benchmarks/phantom_learnability.py                 # generates into a temp dir
+    python benchmarks/phantom_learnability.py --data DIR --seeds 0 1 2 --epochs 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from suite.data.phantom import CLASSES, generate_phantom  # noqa: E402
+
+CNN_SIZE = 64
+LOGREG_SIZE = 32
+BATCH_SIZE = 32
+VAL_FRACTION = 0.1
+SPLIT_SEED = 0
+
+
+def load_split(root: Path, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greyscale images of one split resized (bilinear) to ``size``, and their labels."""
+    images, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((root / split / name).glob("*.png")):
+            with Image.open(path) as im:
+                im = im.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+                images.append(np.asarray(im))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def logreg_accuracy(root: Path) -> float:
+    """Test accuracy of logistic regression on standardised raw pixels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, y_train = load_split(root, "Training", LOGREG_SIZE)
+    x_test, y_test = load_split(root, "Testing", LOGREG_SIZE)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=10000))
+    model.fit(x_train.reshape(len(x_train), -1).astype(np.float64), y_train)
+    return float(model.score(x_test.reshape(len(x_test), -1).astype(np.float64), y_test))
+
+
+def build_mobilenetv2(keras):
+    """The reference model: MobileNetV2 from scratch, pooled, dropout, softmax head."""
+    inputs = keras.Input((CNN_SIZE, CNN_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    backbone = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(CNN_SIZE, CNN_SIZE, 3)
+    )
+    x = backbone(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def cnn_accuracy(root: Path, seed: int, epochs: int) -> dict:
+    """Train the reference recipe once and evaluate its best-validation weights on Testing."""
+    import keras
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_split(root, "Training", CNN_SIZE)
+    x_test, y_test = load_split(root, "Testing", CNN_SIZE)
+    rgb = lambda a: np.repeat(a[..., None], 3, axis=-1).astype("float32")  # noqa: E731
+    onehot = lambda a: np.eye(len(CLASSES), dtype="float32")[a]  # noqa: E731
+    x_tr, x_val, y_tr, y_val = train_test_split(
+        x, y, test_size=VAL_FRACTION, stratify=y, random_state=SPLIT_SEED
+    )
+    keras.utils.set_random_seed(seed)
+    model = build_mobilenetv2(keras)
+    best = _KeepBest()
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_accuracy", factor=0.3, patience=2, min_delta=0.001
+        ),
+        best,
+    ]
+    start = time.perf_counter()
+    model.fit(
+        rgb(x_tr), onehot(y_tr),
+        validation_data=(rgb(x_val), onehot(y_val)),
+        batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks,
+    )
+    model.set_weights(best.weights)
+    _, test_acc = model.evaluate(rgb(x_test), onehot(y_test), batch_size=128, verbose=0)
+    return {
+        "test_accuracy": float(test_acc),
+        "best_epoch": best.epoch + 1,
+        "val_accuracy": [round(a, 4) for a in best.history],
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _keep_best_class():
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        """Remember the weights of the best ``val_accuracy`` epoch (the first, on ties)."""
+
+        def __init__(self):
+            super().__init__()
+            self.best, self.epoch, self.weights, self.history = -1.0, -1, None, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            acc = float(logs["val_accuracy"])
+            self.history.append(acc)
+            print(
+                f"  epoch {epoch + 1}: loss {logs['loss']:.3f} acc {logs['accuracy']:.3f} "
+                f"val_acc {acc:.3f}",
+                file=sys.stderr, flush=True,
+            )
+            if acc > self.best:
+                self.best, self.epoch, self.weights = acc, epoch, self.model.get_weights()
+
+    return KeepBest
+
+
+def _KeepBest():  # noqa: N802  (a class made on demand, so Keras loads only when used)
+    return _keep_best_class()()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="phantom dataset (default: generate one)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="model seeds")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--no-cnn", action="store_true", help="only the logistic regression")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="phantom-") as tmp:
+        root = args.data
+        result = {}
+        if root is None:
+            start = time.perf_counter()
+            root = generate_phantom(Path(tmp) / "phantom")
+            result["generation_seconds"] = round(time.perf_counter() - start, 1)
+        result["data"] = str(root)
+        result["logreg_test_accuracy"] = logreg_accuracy(root)
+        print(f"logreg test accuracy {result['logreg_test_accuracy']:.3f}", file=sys.stderr)
+        runs = {}
+        for seed in [] if args.no_cnn else args.seeds:
+            print(f"MobileNetV2, seed {seed}", file=sys.stderr)
+            runs[str(seed)] = cnn_accuracy(root, seed, args.epochs)
+            print(f"  test accuracy {runs[str(seed)]['test_accuracy']:.3f}", file=sys.stderr)
+        result["cnn_test_accuracy"] = {s: r["test_accuracy"] for s, r in runs.items()}
+        result["cnn_runs"] = runs
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

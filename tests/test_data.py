@@ -1,0 +1,243 @@
+"""Discovery, decoding, the image cache and splits, on real image files."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from suite.data import decode as decode_mod
+from suite.data.dataset import prepare_data
+from suite.data.decode import decode_image, load_images
+from suite.data.discover import canonical_label, discover
+from suite.data.splits import make_split
+from suite.errors import DataError
+from tests.imagegen import make_dataset
+
+
+# --- discovery -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("train_name,test_name", [
+    ("Training", "Testing"), ("Train", "Test"), ("train", "test"),
+])
+def test_split_layout_names(tmp_path, train_name, test_name):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    (tmp_path / "Training").rename(tmp_path / f"_{train_name}")
+    (tmp_path / "Testing").rename(tmp_path / test_name)
+    (tmp_path / f"_{train_name}").rename(tmp_path / train_name)
+    index = discover(tmp_path)
+    assert index.layout == "split"
+    assert index.labels == ("glioma", "meningioma", "pituitary", "no_tumor")
+    assert sum(e.split == "test" for e in index.entries) == 4
+
+
+def test_val_folder_is_used_as_validation(tmp_path):
+    make_dataset(tmp_path, n_train=4, n_test=2)
+    shutil.copytree(tmp_path / "Testing", tmp_path / "val")
+    index = discover(tmp_path)
+    data = prepare_data(index, image_size=32, val_fraction=0.1, test_fraction=0.2, seed=0, progress=False)
+    assert data.class_counts()["val"] == {"glioma": 2, "meningioma": 2, "pituitary": 2, "no_tumor": 2}
+    assert sum(data.class_counts()["train"].values()) == 16
+
+
+def test_flat_layout(tmp_path):
+    make_dataset(tmp_path, layout="flat", n_train=8, n_test=2)
+    index = discover(tmp_path)
+    assert index.layout == "flat"
+    assert {e.split for e in index.entries} == {"pool"}
+
+
+@pytest.mark.parametrize("folder,label", [
+    ("glioma_tumor", "glioma"), ("Glioma Tumor", "glioma"), ("notumor", "no_tumor"),
+    ("no_tumor", "no_tumor"), ("pituitary_tumor", "pituitary"), ("meningioma", "meningioma"),
+    ("Astrocytoma", "Astrocytoma"),
+])
+def test_label_aliases(folder, label):
+    assert canonical_label(folder) == label
+
+
+def test_unknown_class_names_are_kept(tmp_path):
+    make_dataset(tmp_path, folders=("cats", "dogs"), n_train=2, n_test=1)
+    assert discover(tmp_path).labels == ("cats", "dogs")
+
+
+def test_empty_class_folder_names_it(tmp_path):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    empty = tmp_path / "Training" / "extra_class"
+    empty.mkdir()
+    with pytest.raises(DataError, match="extra_class"):
+        discover(tmp_path)
+
+
+def test_single_class_is_refused(tmp_path):
+    make_dataset(tmp_path, folders=("glioma",), n_train=3, n_test=1)
+    with pytest.raises(DataError, match="single class"):
+        discover(tmp_path)
+
+
+def test_test_class_missing_from_training(tmp_path):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    shutil.rmtree(tmp_path / "Training" / "no_tumor")
+    with pytest.raises(DataError, match=r"Testing.no_tumor"):
+        discover(tmp_path)
+
+
+def test_class_with_no_readable_image(tmp_path):
+    make_dataset(tmp_path, n_train=3, n_test=1)
+    bad = tmp_path / "Training" / "junk"
+    bad.mkdir()
+    (bad / "a.jpg").write_text("not an image")
+    with pytest.raises(DataError, match="no readable images.*junk"):
+        prepare_data(discover(tmp_path), image_size=32, val_fraction=0.1, test_fraction=0.2, seed=0,
+                     progress=False)
+
+
+# --- decoding ------------------------------------------------------------------------
+
+def _save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_greyscale_is_replicated(tmp_path):
+    arr = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    out = decode_image(_save(Image.fromarray(arr), tmp_path / "g.png"), 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    assert out[0, -1, 0] > out[0, 0, 0]
+
+
+def test_rgba_alpha_goes_over_black(tmp_path):
+    img = Image.new("RGBA", (40, 40), (255, 255, 255, 0))
+    img.paste((200, 10, 10, 255), (0, 0, 20, 40))
+    out = decode_image(_save(img, tmp_path / "a.png"), 32)
+    assert out[16, 2].tolist() == [200, 10, 10]
+    assert out[16, 30].tolist() == [0, 0, 0]
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.new("P", (40, 40), 0)
+    img.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    img.paste(1, (0, 0, 40, 20))
+    img.info["transparency"] = 0
+    out = decode_image(_save(img, tmp_path / "p.png", transparency=0), 32)
+    assert out[4, 16].tolist() == [10, 200, 30]
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    img = Image.new("CMYK", (40, 40), (0, 255, 255, 0))  # pure red in CMYK
+    out = decode_image(_save(img, tmp_path / "c.jpg", quality=95), 32)
+    r, g, b = out[16, 16].tolist()
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_16_bit_is_scaled_to_8_bit(tmp_path):
+    arr = np.zeros((40, 40), dtype=np.uint16)
+    arr[:, 20:] = 4000  # typical MRI range, far below 65535
+    out = decode_image(_save(Image.fromarray(arr), tmp_path / "h.png"), 32)
+    assert out[16, 30, 0] == 255 and out[16, 2, 0] == 0
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((40, 60, 3), dtype=np.uint8)
+    arr[:, :30] = 255  # left half white
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = decode_image(_save(img, tmp_path / "e.jpg", exif=exif, quality=95), 32)
+    assert out[2, 16].mean() > 200 and out[30, 16].mean() < 50  # white half now on top
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path):
+    good = _save(Image.new("L", (40, 40), 128), tmp_path / "good (1) ü.png")
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((80, 80)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    ds_store = tmp_path / ".DS_Store"
+    ds_store.write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 100)
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    empty = tmp_path / "Thumbs.db"
+    empty.write_bytes(b"")
+    decoded = load_images([good, truncated, ds_store, text, empty], 32, progress=False)
+    assert decoded.ok.tolist() == [True, False, False, False, False]
+    assert "unreadable" in decoded.reasons[1]
+    assert all("not an image" in r for r in decoded.reasons[2:])
+
+
+def test_second_load_hits_cache_and_decodes_nothing(tmp_path, monkeypatch):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    paths = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    first = load_images(paths, 36, progress=False)
+    assert not first.cache_hit
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached load must not decode")
+
+    monkeypatch.setattr(decode_mod, "_decode_all", no_decoding)
+    monkeypatch.setattr(decode_mod, "file_digest", no_decoding)
+    second = load_images(paths, 36, progress=False)
+    assert second.cache_hit and isinstance(second.images, np.memmap)
+    assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
+
+
+def test_cache_is_keyed_by_content(tmp_path):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    paths = sorted(p for p in tmp_path.rglob("*.png"))
+    before = load_images(paths, 34, progress=False)
+    Image.new("L", (40, 40), 255).save(paths[0])  # same path, new content
+    after = load_images(paths, 34, progress=False)
+    assert not after.cache_hit
+    assert after.images[0].min() == 255 and before.images[0].min() < 255
+
+
+def test_parallel_decode_matches_sequential(tmp_path):
+    make_dataset(tmp_path, n_train=40, n_test=0, size=48)  # 160 files: above the pool threshold
+    paths = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    parallel = load_images(paths, 40, workers=2, progress=False)
+    assert not parallel.cache_hit
+    expected = np.stack([decode_image(p, 40) for p in paths])
+    assert np.array_equal(np.asarray(parallel.images), expected)
+
+
+# --- splits --------------------------------------------------------------------------
+
+def _labels(n_per_class=20, classes=4):
+    return np.repeat(np.array([f"c{i}" for i in range(classes)]), n_per_class)
+
+
+def test_flat_split_is_stratified_disjoint_and_seeded():
+    labels = _labels()
+    splits = np.array(["pool"] * len(labels))
+    a = make_split(labels, splits, val_fraction=0.1, test_fraction=0.2, seed=3)
+    b = make_split(labels, splits, val_fraction=0.1, test_fraction=0.2, seed=3)
+    c = make_split(labels, splits, val_fraction=0.1, test_fraction=0.2, seed=4)
+    rows = np.concatenate([a.train, a.val, a.test])
+    assert sorted(rows.tolist()) == list(range(len(labels)))
+    for part in ("train", "val", "test"):
+        assert np.array_equal(a.parts()[part], b.parts()[part])
+    assert not np.array_equal(a.test, c.test)
+    assert all((labels[a.test] == f"c{i}").sum() == 4 for i in range(4))
+    assert all((labels[a.val] == f"c{i}").sum() == 2 for i in range(4))
+
+
+def test_official_test_split_is_untouched():
+    labels = _labels(10, 2)
+    splits = np.array((["train"] * 7 + ["test"] * 3) * 2)
+    s = make_split(labels, splits, val_fraction=0.2, test_fraction=0.5, seed=0)
+    assert np.array_equal(s.test, np.flatnonzero(splits == "test"))
+    assert set(s.val) <= set(np.flatnonzero(splits == "train"))
+
+
+def test_split_fingerprint_follows_the_seed(tiny_data):
+    index = discover(tiny_data)
+    kw = dict(image_size=32, val_fraction=0.2, test_fraction=0.2, progress=False)
+    a = prepare_data(index, seed=1, **kw)
+    b = prepare_data(index, seed=1, **kw)
+    c = prepare_data(index, seed=2, **kw)
+    assert a.split_fingerprint == b.split_fingerprint != c.split_fingerprint
+    assert a.data_fingerprint == c.data_fingerprint
