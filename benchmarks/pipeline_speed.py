@@ -1,0 +1,155 @@
+"""Speed of the run pipeline's data stage and training loop, as ratios measured in one run.
+
+(a) a cached re-run's data stage against the first (decoding) one;
+(b) the first decode against a plain sequential PIL loop over the same files;
+(c) the suite's training loop (its callbacks, its fit) against a bare ``model.fit`` on the
+    same in-memory arrays, the way the original notebook trained.
+
+    python benchmarks/pipeline_speed.py --data ../shared/data/sartaj
+
+Prints one JSON object. Absolute times depend on the machine; the ratios are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=os.environ.get("SUITE_REAL_DATA"), required="SUITE_REAL_DATA" not in os.environ)
+    p.add_argument("--image-size", type=int, default=150)
+    p.add_argument("--backbone", default="efficientnetb0")
+    p.add_argument("--train-images", type=int, default=640, help="training images for (c)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs for (c); the first is warm-up")
+    p.add_argument("--skip-training", action="store_true")
+    return p.parse_args(argv)
+
+
+def data_stage_ratios(data_root: str, size: int) -> dict:
+    """(a) and (b), each data stage in a fresh cache folder."""
+    os.environ["SUITE_CACHE_DIR"] = tempfile.mkdtemp(prefix="suite-bench-cache-")
+    from suite.data.dataset import prepare_data
+    from suite.data.discover import discover
+
+    def stage():
+        start = time.perf_counter()
+        data = prepare_data(discover(data_root), image_size=size, val_fraction=0.1, test_fraction=0.2,
+                            seed=0, progress=False)
+        data.arrays("train")  # what training needs: the arrays in memory
+        return time.perf_counter() - start, data
+
+    first_s, data = stage()
+    cached_s, cached = stage()
+    assert not data.cache_hit and cached.cache_hit
+    loop_s = sequential_pil_loop([e.path for e in data.index.entries], size)
+    return {
+        "files": len(data.index.entries),
+        "first_data_s": round(first_s, 3),
+        "cached_data_s": round(cached_s, 3),
+        "sequential_pil_s": round(loop_s, 3),
+        "a_cached_speedup": round(first_s / cached_s, 1),
+        "b_decode_speedup_vs_pil_loop": round(loop_s / first_s, 2),
+    }, cached
+
+
+def sequential_pil_loop(paths, size: int) -> float:
+    import numpy as np
+    from PIL import Image
+
+    start = time.perf_counter()
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+        except Exception:
+            pass
+    return time.perf_counter() - start
+
+
+def _epoch_timer():
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.seconds_ = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds_.append(time.perf_counter() - self._t)
+
+    return EpochTimer()
+
+
+def training_ratio(data, args) -> dict:
+    """(c): images/s of an epoch after warm-up, suite loop vs bare fit, same arrays, same model."""
+    import keras
+    import numpy as np
+
+    from backbones import get_spec
+    from suite.config import RunConfig
+    from suite.model import build_model
+    from suite.train import fit, make_callbacks, one_hot
+
+    spec = get_spec(args.backbone)
+    config = RunConfig(backbone=spec.name, image_size=args.image_size, epochs=args.epochs, weights="none")
+    x, y = data.arrays("train")
+    x, y = x[: args.train_images], y[: args.train_images]
+    val = data.arrays("val")
+    n_classes = len(data.labels)
+
+    def bare():
+        keras.utils.set_random_seed(0)
+        model = build_model(spec, config, n_classes, None)
+        timer = _epoch_timer()
+        model.fit(x, one_hot(y, n_classes), batch_size=32, epochs=args.epochs,
+                  validation_data=(val[0], one_hot(val[1], n_classes)), callbacks=[timer], verbose=0)
+        return timer.seconds_
+
+    def suite():
+        keras.utils.set_random_seed(0)
+        model = build_model(spec, config, n_classes, None)
+        run_dir = Path(tempfile.mkdtemp(prefix="suite-bench-run-"))
+        callbacks, _ = make_callbacks(config, run_dir)
+        timer = _epoch_timer()
+        fit(model, config, (x, y), val, callbacks + [timer], verbose=0)
+        return timer.seconds_
+
+    # Alternate, so drift in machine load hits both alike.
+    results = {"bare": [], "suite": []}
+    for kind in ("bare", "suite", "bare", "suite"):
+        seconds = (bare if kind == "bare" else suite)()
+        results[kind].extend(seconds[1:])  # the first epoch carries tracing and compilation
+        keras.backend.clear_session()
+    ips = {k: len(y) / statistics.median(v) for k, v in results.items()}
+    return {
+        "backbone": spec.name,
+        "image_size": args.image_size,
+        "train_images": int(len(y)),
+        "bare_fit_train_ips": round(ips["bare"], 2),
+        "suite_train_ips": round(ips["suite"], 2),
+        "c_suite_vs_bare_fit": round(ips["suite"] / ips["bare"], 3),
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    report, data = data_stage_ratios(args.data, args.image_size)
+    print(json.dumps(report), file=sys.stderr, flush=True)
+    if not args.skip_training:
+        report.update(training_ratio(data, args))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
