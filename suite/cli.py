@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,22 @@ def _backbone(name: str) -> str:
         return get_spec(name).name
     except KeyError as exc:
         raise argparse.ArgumentTypeError(exc.args[0]) from None
+
+
+def _backbone_list(value: str) -> tuple[str, ...]:
+    names = tuple(_backbone(v.strip()) for v in value.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of backbones")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a backbone is listed twice: {value}")
+    return names
+
+
+def _existing_dir(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a folder: {value}")
+    return path
 
 
 def _finetune(value: str) -> str:
@@ -84,13 +101,38 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m suite", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m suite",
+        description="Benchmark transfer-learning classifiers on brain-tumour MRI.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train and evaluate one backbone; prints the run folder")
     add_run_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("compare", help="train every backbone under identical conditions; prints the comparison folder")
+    add_run_arguments(p)
+    p.add_argument("--backbones", type=_backbone_list, default=None,
+                   help="comma-separated backbones (default: every registered one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("evaluate", help="score a finished run's model on another dataset")
+    p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
+    p.add_argument("--data", required=True, type=_existing_dir, help="dataset folder (any supported layout)")
+    p.add_argument("--split", choices=("auto", "all", "train", "val", "test"), default="auto",
+                   help="which part to score (default: the test split if there is one, else all)")
+    p.add_argument("--out", default=None, help="where the evaluation folder goes (default: beside the run)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict the class of image files with a finished run's model")
+    p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("list", help="list the registered backbones")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter (default: all)")
@@ -103,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=_positive_int, default=None)
     p.set_defaults(handler=cmd_phantom)
 
-    p = sub.add_parser("report", help="re-render the report of run folders, without retraining")
-    p.add_argument("paths", nargs="+", help="run folders")
+    p = sub.add_parser("report", help="re-render run or comparison reports from their folders, without retraining")
+    p.add_argument("paths", nargs="+", type=_existing_dir, help="run, evaluation or comparison folders")
     p.set_defaults(handler=cmd_report)
     return parser
 
@@ -124,6 +166,46 @@ def cmd_run(args) -> int:
     run_dir = run(run_flags(args), progress=not args.quiet)
     print(run_dir)
     return 0
+
+
+def cmd_compare(args) -> int:
+    from backbones import list_backbones
+    from suite.compare import compare
+
+    flags = run_flags(args)
+    flags.pop("backbone")
+    folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=_log)
+    print(folder)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from suite.external import evaluate_external
+
+    print(evaluate_external(args.run_dir, args.data, out=args.out, split=args.split, progress=not args.quiet))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from suite.inference import predict_images
+
+    results = predict_images(args.run_dir, args.images)
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['path']}\terror: {r['error']}")
+                continue
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
+            print(f"{r['path']}\t{r['predicted']}\t{probs}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_list(args) -> int:
@@ -150,14 +232,21 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from reports.render import write_run_report
+    from reports import write_any_report
+    from reports.compare import write_index
 
     for path in args.paths:
-        print(write_run_report(path))
+        try:
+            print(write_any_report(path))
+        except ValueError as exc:
+            raise SuiteError(str(exc)) from None
+    for parent in sorted({Path(p).resolve().parent for p in args.paths}):
+        print(write_index(parent))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -98,14 +98,21 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def resolve_config(flags: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> RunConfig:
+def resolve_config(
+    flags: Mapping[str, Any],
+    card: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> RunConfig:
     """Build the one ``RunConfig`` of a run.
 
     Args:
         flags: values the user gave (``None`` values count as not given).
         card: the dataset card; its ``image_size`` and ``epochs`` fill what flags leave open.
+        defaults: defaults of the calling command, below the card and above the
+            reference recipe (``compare`` uses each backbone's native input size).
     """
-    values = {k: v for k, v in (card or {}).items() if k in CARD_KEYS and v is not None}
+    values = dict(defaults or {})
+    values.update({k: v for k, v in (card or {}).items() if k in CARD_KEYS and v is not None})
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = set(flags) - known
     if unknown:

@@ -25,7 +25,14 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(flags: Mapping[str, Any], *, progress: bool = True, log: Callable[[str], None] = _log) -> Path:
+def run(
+    flags: Mapping[str, Any],
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = _log,
+    raise_errors: bool = True,
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
     """Train and evaluate one backbone; return the finished run folder.
 
     Args:
@@ -33,13 +40,16 @@ def run(flags: Mapping[str, Any], *, progress: bool = True, log: Callable[[str],
             from the dataset's card and the reference defaults.
         progress: show progress bars.
         log: where one-line status messages go.
+        raise_errors: re-raise a training failure (default); when false, the failure is
+            recorded in the manifest and the run folder is returned.
+        defaults: command-level defaults (see ``resolve_config``).
 
     Raises:
         SuiteError: bad data or unavailable weights, before any run folder is made.
     """
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
     index = discover(flags.get("data") or _phantom_root(log))
-    config = resolve_config({**flags, "backbone": spec.name}, index.card)
+    config = resolve_config({**flags, "backbone": spec.name}, index.card, defaults)
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
         log(f"warning: {weights.warning}")
@@ -60,8 +70,13 @@ def run(flags: Mapping[str, Any], *, progress: bool = True, log: Callable[[str],
     runs.write_manifest(run_dir, manifest)
     try:
         _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
-    except BaseException as exc:
+    except Exception as exc:
         manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if raise_errors:
+            raise
+        log(f"error: {spec.name} failed: {manifest['error']}")
+    except BaseException as exc:  # interrupted: record it, then stop
+        manifest.update(status="failed", error=f"{type(exc).__name__}: interrupted")
         raise
     finally:
         manifest["finished"] = _now()
@@ -120,6 +135,7 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
 
     from suite.device import accelerators
     from suite.evaluate import classification_metrics, prediction_rows
+    from suite.inference import time_inference
     from suite.model import build_model, set_precision
     from suite.train import fit, make_callbacks
 
@@ -148,6 +164,7 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
         probs = best.predict(x_test, batch_size=config.batch_size, verbose=0)
         metrics = classification_metrics(y_test, probs, data.labels)
         manifest["timings"]["eval_s"] = round(time.perf_counter() - start, 3)
+        metrics.update(time_inference(best, x_test[: config.batch_size]))
     finally:
         keras.config.set_dtype_policy(previous_policy)
     write_json_atomic(run_dir / runs.METRICS, metrics)
@@ -165,3 +182,13 @@ def _write_report(run_dir: Path, log) -> None:
         write_run_report(run_dir)
     except Exception as exc:  # a report problem must not lose the run itself
         log(f"warning: the report could not be written: {type(exc).__name__}: {exc}")
+    _write_index(run_dir.parent, log)
+
+
+def _write_index(out: Path, log) -> None:
+    try:
+        from reports.compare import write_index
+
+        write_index(out)
+    except Exception as exc:
+        log(f"warning: {out}/index.html could not be updated: {type(exc).__name__}: {exc}")

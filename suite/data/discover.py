@@ -117,8 +117,10 @@ def order_labels(labels) -> tuple[str, ...]:
     return tuple(known + sorted(labels - set(known)))
 
 
-def discover(root: str | Path) -> DatasetIndex:
-    """List the dataset at ``root`` and check it can be trained on.
+def discover(root: str | Path, *, check: bool = True) -> DatasetIndex:
+    """List the dataset at ``root`` and (with ``check``) that it can be trained on.
+
+    Evaluation passes ``check=False``: an external test set may hold one class only.
 
     Raises:
         DataError: no such folder, an empty class folder, fewer than two classes, or
@@ -141,7 +143,8 @@ def discover(root: str | Path) -> DatasetIndex:
         class_folders=_class_folders(entries),
         card=_read_card(root),
     )
-    check_classes(index)
+    if check:
+        check_classes(index)
     return index
 
 
