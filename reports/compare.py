@@ -51,12 +51,13 @@ GRADCAM_NAME = "gradcam.npz"
 GRADCAM_SIZE = 112
 DEFAULT_ALPHA = 0.05
 
-# What a tier means, as the report states it.
+# What a tier means, as the report states it (the rule is suite.stats.tie_groups).
 TIER_SENTENCE = (
-    "Tiers summarise the pairwise tests. Backbones that share a tier are tied: the tests "
-    "could not tell their accuracies apart (Holm-corrected, \u03b1 = {alpha:g}), so their "
-    "order within the tier may be chance. A lower tier number is better: each backbone in a "
-    "later tier was significantly less accurate than a backbone in an earlier one."
+    "Tiers summarise the pairwise tests. Tier 1 is the most accurate backbone and every backbone "
+    "the paired tests could not show to be worse than it (Holm-corrected, \u03b1 = {alpha:g}); the "
+    "best remaining backbone leads tier 2, and so on. Backbones in one tier are tied with its "
+    "leader: read a tier as \u201cnot shown worse than its leader\u201d, not as \u201cequal\u201d, "
+    "and see the pairwise tests below for any two backbones."
 )
 
 
@@ -239,6 +240,7 @@ def _row_from_run(entry: Mapping, run: Mapping | None, labels: Sequence[str]) ->
         "macro_f1": metrics.get("macro_f1"), "macro_f1_ci_low": f1_lo, "macro_f1_ci_high": f1_hi,
         "roc_auc_macro": metrics.get("roc_auc_macro"), "ece": metrics.get("ece"),
         "params": manifest.get("params"), "train_s": _as_dict(manifest.get("timings")).get("train_s"),
+        "image_size": _as_dict(manifest.get("config")).get("image_size"),
         "infer_ms_per_image": metrics.get("infer_ms_per_image"),
         "infer_images_per_s": metrics.get("infer_images_per_s"),
         "error": entry["error"] or manifest.get("error"),
@@ -255,7 +257,7 @@ def _normal_row(raw: Mapping, labels: Sequence[str]) -> dict:
     tier = _to_float(raw.get("tier"))
     keys = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low",
             "macro_f1_ci_high", "roc_auc_macro", "ece", "params", "train_s", "infer_ms_per_image",
-            "infer_images_per_s")
+            "infer_images_per_s", "image_size")
     row = {key: _to_float(raw.get(key)) for key in keys}
     row.update({
         "backbone": str(raw.get("backbone")),
@@ -315,6 +317,7 @@ def _display_row(row: Mapping, colour: str, labels: Sequence[str], link: str | N
         "macro_f1": fmt_ci(row["macro_f1"], row["macro_f1_ci_low"], row["macro_f1_ci_high"]),
         "roc_auc": fmt3(row["roc_auc_macro"]), "ece": fmt3(row["ece"]),
         "params": fmt_params(row["params"]), "train": fmt_seconds(row["train_s"]),
+        "image_size": _DASH if row["image_size"] is None else f"{int(row['image_size'])} px",
         "latency": fmt_unit(row["infer_ms_per_image"], "ms"),
         "throughput": fmt_unit(row["infer_images_per_s"], "img/s"),
         "per_class": [{"recall": fmt3(row["recall"].get(label)), "f1": fmt3(row["f1"].get(label))}
@@ -553,13 +556,13 @@ def gradcam_grid(gradcam: Mapping | None, labels: Sequence[str], comp_dir) -> di
 
 def _fingerprint_banner(comparison: Mapping, runs: Mapping) -> dict | None:
     """A warning when the backbones were not all tested on the same split."""
-    prints = {}
-    if comparison.get("split_fingerprint"):
-        prints["comparison"] = str(comparison["split_fingerprint"])
+    prints = {name: str(value) for name, value in _as_dict(comparison.get("split_fingerprints")).items() if value}
     for name, run in runs.items():
         value = _as_dict((run or {}).get("manifest")).get("split_fingerprint")
         if value:
-            prints[name] = str(value)
+            prints[str(name)] = str(value)
+    if comparison.get("split_fingerprint"):
+        prints.setdefault("comparison", str(comparison["split_fingerprint"]))
     if len(set(prints.values())) <= 1:
         return None
     detail = "; ".join(f"{name}: {value}" for name, value in prints.items())
@@ -647,7 +650,7 @@ def comparison_context(comp: dict) -> dict:
 
     context = {
         "comparison_id": fmt_value(comparison.get("comparison_id") or comp_dir.name),
-        "created": fmt_value(comparison.get("created")),
+        "created": _fmt_created(comparison.get("created")),
         "comp_dir": str(comp_dir),
         "labels": labels,
         "n_backbones": len(rows),

@@ -147,7 +147,7 @@ def pick_gradcam_images(paths: list[str], preds: dict[str, dict], n: int, seed: 
     rng = np.random.default_rng(seed)
     wrong = [p for p in paths if any(pr[p][0] != pr[p][1] for pr in preds.values())]
     right = [p for p in paths if p not in set(wrong)]
-    n_wrong = min(len(wrong), n // 2)
+    n_wrong = min(len(wrong), max(n // 2, n - len(right)))
     chosen = list(rng.permutation(wrong)[:n_wrong]) + list(rng.permutation(right)[: n - n_wrong])
     return sorted(str(p) for p in chosen)
 

@@ -20,7 +20,7 @@ for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tests.imagegen import make_dataset  # noqa: E402
+from tests.imagegen import TINY_RUN, make_dataset  # noqa: E402
 
 SEED = int(os.environ.get("SUITE_TEST_SEED", "0"))
 
@@ -43,6 +43,28 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "data"
     make_dataset(root, layout="split", n_train=10, n_test=4)
     return root
+
+
+@pytest.fixture(scope="session")
+def comparison(tiny_data, tmp_path_factory) -> Path:
+    """One real `compare` over every registered backbone on the tiny data (one epoch, 32 px).
+
+    Shared by the run-folder, comparison and evaluation tests, so each backbone trains once.
+    """
+    from backbones import list_backbones
+    from suite.compare import compare
+
+    out = tmp_path_factory.mktemp("runs")
+    return compare({"data": str(tiny_data), "out": str(out), **TINY_RUN}, list_backbones(), progress=False,
+                   log=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def runs_by_backbone(comparison) -> dict[str, Path]:
+    import json
+
+    runs = json.loads((comparison / "comparison.json").read_text())["runs"]
+    return {r["backbone"]: (comparison / r["run_dir"]).resolve() for r in runs}
 
 
 @pytest.fixture(scope="session")

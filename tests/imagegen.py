@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# The smallest real training run: every test that trains uses it.
+TINY_RUN = {"image_size": 32, "epochs": 1, "batch_size": 8, "weights": "none"}
+
 # Kaggle-style folder names, so label aliasing is exercised everywhere.
 FOLDERS = ("glioma_tumor", "meningioma_tumor", "pituitary_tumor", "no_tumor")
 

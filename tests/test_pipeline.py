@@ -16,20 +16,12 @@ from backbones import list_backbones
 from suite.cli import main
 from suite.errors import DataError
 from suite.pipeline import run
+from tests.imagegen import TINY_RUN as TINY
 from tests.imagegen import make_dataset
 
 RUN_FILES = ("manifest.json", "history.csv", "metrics.json", "predictions.csv", "model.keras", "report.html")
 MANIFEST_KEYS = ("config", "data_fingerprint", "class_counts", "split_fingerprint", "skipped", "weights",
                  "backend", "device", "package_versions", "seed", "timings", "cache_hit", "dataset")
-TINY = dict(image_size=32, epochs=1, batch_size=8, weights="none")
-
-
-@pytest.fixture(scope="module")
-def runs_by_backbone(tiny_data, tmp_path_factory):
-    """One real training run per registered backbone, shared by the checks below."""
-    out = tmp_path_factory.mktemp("runs")
-    return {name: run({"backbone": name, "data": str(tiny_data), "out": str(out), **TINY}, progress=False)
-            for name in list_backbones()}
 
 
 @pytest.mark.parametrize("name", list_backbones())

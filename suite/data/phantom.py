@@ -45,6 +45,15 @@ DESCRIPTION = (
     "and must not be used to judge clinical performance."
 )
 _REF_SIZE = 128  # pixel-valued parameters are given for 128 px and scaled from it
+_STYLE = {  # TEMPORARY tuning knobs
+    "lesion_scale": 1.0,
+    "lesion_gain": 1.0,
+    "necrotic_p": 0.8,
+    "sulci": 1.0,
+    "bright_dots": (2, 7),
+    "dark_dots": (0, 3),
+    "oedema_dark_p": 0.75,
+}
 
 
 _ANGLES = np.linspace(-np.pi, np.pi, 1025)  # where periodic profiles are tabulated
@@ -297,7 +306,7 @@ def _parenchyma(head, tissue, fields, rho, phi, surface, edge):
     # Sulci widen towards the surface; their distance is |gyri| over its slope k / rho.
     width = 0.08 + 0.3 * np.clip((b - (1 - depth)) / depth, 0, 1)
     sulcus = _inside((width - np.abs(gyri)) * rho / k, edge) * (b > 1 - depth)
-    return _paint(value, sulcus, tissue["csf"])
+    return _paint(value, sulcus * _STYLE["sulci"], tissue["csf"])
 
 
 def _csf_spaces(head, u, v, edge):
@@ -389,7 +398,7 @@ def _sample_lesion(rng, head: _Head, label: str) -> _Lesion | None:
 
 
 def _sample_glioma(rng, head):
-    radius = rng.uniform(0.15, 0.24)
+    radius = rng.uniform(0.15, 0.24) * _STYLE["lesion_scale"]
     phi = rng.uniform(0, 2 * np.pi)
     reach = head.brain(phi) - 1.5 * radius
     dist = rng.uniform(0.15, 1.0) * max(reach, 0.05)
@@ -397,10 +406,10 @@ def _sample_glioma(rng, head):
         "shape": _wobble(rng, (2, 3, 4, 5), 0.1),
         "oedema_shape": _wobble(rng, (3, 4, 5, 6, 7), 0.12),
         "oedema_reach": rng.uniform(1.55, 1.95),
-        "oedema_dark": rng.random() < 0.75,
-        "necrotic": rng.random() < 0.8,
+        "oedema_dark": rng.random() < _STYLE["oedema_dark_p"],
+        "necrotic": rng.random() < _STYLE["necrotic_p"],
         "rim": rng.uniform(0.3, 0.45),
-        "bright": rng.uniform(0.85, 1.0),
+        "bright": rng.uniform(0.85, 1.0) * _STYLE["lesion_gain"],
     }
     centre = (dist * np.cos(phi), dist * np.sin(phi))
     return _Lesion("glioma", centre, radius, 0.6 * radius, params)
@@ -410,11 +419,11 @@ def _sample_meningioma(rng, head):
     # Anywhere along the convexity, but not on the skull base, where it would sit
     # on the sella and look like a pituitary mass.
     phi = -np.pi / 2 + rng.uniform(0.7, 2 * np.pi - 0.7)
-    radius = rng.uniform(0.16, 0.26)
+    radius = rng.uniform(0.16, 0.26) * _STYLE["lesion_scale"]
     dist = head.inner(phi) + rng.uniform(-0.15, 0.2) * radius
     params = {
         "phi": phi,
-        "bright": rng.uniform(0.88, 1.0),
+        "bright": rng.uniform(0.88, 1.0) * _STYLE["lesion_gain"],
         "tail": rng.uniform(1.2, 1.8) * radius,
     }
     centre = (dist * np.cos(phi), dist * np.sin(phi))
@@ -422,10 +431,10 @@ def _sample_meningioma(rng, head):
 
 
 def _sample_pituitary(rng, head):
-    radius = rng.uniform(0.1, 0.145)
+    radius = rng.uniform(0.1, 0.145) * _STYLE["lesion_scale"]
     stretch = rng.uniform(1.0, 1.35)
     centre = (rng.uniform(-0.02, 0.02), head.sella_top() + 0.6 * radius * stretch)
-    params = {"stretch": stretch, "bright": rng.uniform(0.85, 1.0), "waist": rng.random() < 0.5}
+    params = {"stretch": stretch, "bright": rng.uniform(0.85, 1.0) * _STYLE["lesion_gain"], "waist": rng.random() < 0.5}
     return _Lesion("pituitary", centre, radius, 0.0, params)
 
 
@@ -500,7 +509,7 @@ def _paint_pituitary(head, tissue, fields, lesion, u, v, brain, img):
 def _distractors(rng, head, u, v, brain, img):
     """Small bright dots (vessels, calcifications) and a few dark lacunes in every class."""
     edge = 1.2 / head.radius_px
-    n_bright, n_dark = rng.integers(2, 7), rng.integers(0, 3)
+    n_bright, n_dark = rng.integers(*_STYLE["bright_dots"]), rng.integers(*_STYLE["dark_dots"])
     for i in range(n_bright + n_dark):
         phi = rng.uniform(0, 2 * np.pi)
         dist = np.sqrt(rng.uniform(0, 1)) * head.brain(phi) * 0.92

@@ -1,0 +1,318 @@
+"""Write a realistic output folder for the comparison reporter: runs, a comparison, and clutter.
+
+``build_comparison(root)`` lays out, under ``root/out``:
+
+* three completed run folders (``efficientnetb0``, ``mobilenetv2`` and a backbone named
+  ``<script>alert(1)</script>``) with every metric the comparison report reads;
+* one failed run folder (``resnet50``: an error, no metrics);
+* the comparison folder (``comparison.json``, ``leaderboard.csv/json``, ``gradcam.npz``);
+* an evaluation folder, an older run without a report, a half-written run folder, a
+  folder that is not ours and a stray file, for the index.
+
+The test images (small synthetic slices, real PNGs) live in ``root/data``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EVIL = "<script>alert(1)</script>"
+LABELS = ["glioma", "meningioma", "notumor", EVIL]
+FAILED_ERROR = "ResourceExhaustedError: OOM when allocating tensor <shape [32, 2048, 7, 7]> & more"
+SPLIT = "sha256:split-0001"
+COMPARE_DIR = "20261127-171900-compare"
+
+# backbone -> (folder, created, accuracy, CI, latency ms, tier); resnet50 failed.
+BACKBONES = {
+    "efficientnetb0": ("20261127-170500-efficientnetb0", "2026-11-27T17:05:00+01:00", 0.975, (0.871, 0.996), 7.8, 1),
+    EVIL: ("20261127-171000-evil", "2026-11-27T17:10:00+01:00", 0.95, (0.835, 0.986), 12.5, 1),
+    "mobilenetv2": ("20261127-170000-mobilenetv2", "2026-11-27T17:00:00+01:00", 0.90, (0.769, 0.960), 4.1, 2),
+}
+FAILED = ("resnet50", "20261127-171500-resnet50", "2026-11-27T17:15:00+01:00")
+
+# Worded as suite.stats writes them.
+SENTENCES = {
+    ("efficientnetb0", "mobilenetv2"): "efficientnetb0 is better than mobilenetv2 (p = 0.012, Holm-corrected "
+                                       "McNemar; 0.975 vs 0.900 accuracy)",
+    ("efficientnetb0", EVIL): f"efficientnetb0 and {EVIL} are statistically tied (p = 1.00, Holm-corrected McNemar)",
+    (EVIL, "mobilenetv2"): f"{EVIL} and mobilenetv2 are statistically tied (p = 0.060, Holm-corrected McNemar)",
+}
+IMAGE_SIZE = {"efficientnetb0": 224, EVIL: 240, "mobilenetv2": 224}
+PAIR_P = {("efficientnetb0", "mobilenetv2"): (0.004, 0.012, True),
+          ("efficientnetb0", EVIL): (0.62, 1.0, False),
+          (EVIL, "mobilenetv2"): (0.03, 0.06, False)}
+
+N_PER_CLASS = 10
+
+
+# ----------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------
+
+
+def slice_image(class_index: int, seed: int, size: int = 128) -> np.ndarray:
+    """A greyscale 'scan': a noisy head-shaped ellipse with a bright blob for tumour classes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    head = ((xx - 0.5) / 0.38) ** 2 + ((yy - 0.5) / 0.45) ** 2 < 1
+    img = np.where(head, 90 + 40 * np.sin(9 * xx) * np.cos(7 * yy), 8) + rng.normal(0, 8, (size, size))
+    if class_index != 2:
+        cy, cx = [(0.35, 0.35), (0.3, 0.65), None, (0.65, 0.6)][class_index]
+        img += 140 * np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / 0.006))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_images(data_dir: Path, per_class: int = 2) -> list[tuple[Path, int]]:
+    """Write ``per_class`` PNG slices per class; returns ``(path, class index)`` pairs."""
+    items = []
+    for c in range(len(LABELS)):
+        folder = data_dir / ["glioma", "meningioma", "no tumour", "odd class"][c]
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            path = folder / f"Te-{c}_{k:04d} (scan).png"
+            Image.fromarray(slice_image(c, seed=10 * c + k)).save(path)
+            items.append((path, c))
+    return items
+
+
+# ----------------------------------------------------------------------------------
+# One run folder
+# ----------------------------------------------------------------------------------
+
+
+def _confusion(n_errors: int) -> list[list[int]]:
+    n = len(LABELS)
+    matrix = [[N_PER_CLASS if i == j else 0 for j in range(n)] for i in range(n)]
+    for e in range(n_errors):
+        row = e % n
+        matrix[row][row] -= 1
+        matrix[row][(row + 1) % n] += 1
+    return matrix
+
+
+def _ci(value: float, width: float = 0.06) -> list[float]:
+    return [round(max(0.0, value - width), 3), round(min(1.0, value + width / 2), 3)]
+
+
+def metrics_for(accuracy: float, ci, latency_ms: float, quality: float) -> dict:
+    """A ``metrics.json`` with every key the comparison report reads."""
+    n = len(LABELS)
+    matrix = _confusion(round((1 - accuracy) * n * N_PER_CLASS))
+    per_class, f1s = {}, []
+    for i, label in enumerate(LABELS):
+        tp = matrix[i][i]
+        recall = tp / sum(matrix[i])
+        precision = tp / max(1, sum(row[i] for row in matrix))
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+                            "support": sum(matrix[i]), "f1_ci": _ci(f1, 0.12), "recall_ci": _ci(recall, 0.12)}
+    k = 2 + 10 * quality
+    fpr = [0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]
+    roc = {label: {"fpr": fpr, "tpr": [round(1 - (1 - x) ** (k + i), 4) for x in fpr],
+                   "auc": round((k + i) / (k + i + 1), 4)} for i, label in enumerate(LABELS)}
+    lower = [i / 10 for i in range(10)]
+    confidence = [None] * 4 + [0.47, 0.55, 0.66, 0.75, 0.86, 0.97]
+    observed = [None if c is None else round(c - 0.12 * (1 - quality), 3) for c in confidence]
+    return {
+        "accuracy": accuracy, "accuracy_ci": list(ci), "macro_f1": round(sum(f1s) / n, 4),
+        "macro_f1_ci": _ci(sum(f1s) / n), "n_test": n * N_PER_CLASS, "labels": LABELS,
+        "per_class": per_class, "confusion_matrix": matrix,
+        "roc_auc_macro": round(sum(c["auc"] for c in roc.values()) / n, 4),
+        "roc_auc": {label: c["auc"] for label, c in roc.items()}, "roc_curves": roc,
+        "ece": round(0.12 * (1 - quality) * 0.8, 4),
+        "reliability": {"bin_lower": lower, "bin_upper": [x + 0.1 for x in lower], "confidence": confidence,
+                        "accuracy": observed, "count": [0] * 4 + [1, 2, 3, 4, 8, 22]},
+        "infer_ms_per_image": latency_ms, "infer_images_per_s": round(1000 / latency_ms, 1),
+    }
+
+
+def manifest_for(backbone: str, folder: str, created: str, *, failed: bool = False,
+                 split: str = SPLIT, kind: str | None = None) -> dict:
+    manifest = {
+        "schema": 1, "run_id": folder, "status": "failed" if failed else "completed",
+        "error": FAILED_ERROR if failed else None, "created": created, "backbone": backbone,
+        "config": {"backbone": backbone, "epochs": 5, "image_size": 224, "batch_size": 32, "seed": 42},
+        "dataset": {"root": "/data/brain mri", "name": "phantom-4", "synthetic": True,
+                    "description": "Synthetic ellipse phantoms with a bright blob per tumour class",
+                    "layout": "split", "labels": LABELS},
+        "split_fingerprint": split, "params": 2_257_984 if backbone == "mobilenetv2" else 4_049_571,
+        "timings": {"data_s": 1.5, "train_s": 95.0},
+    }
+    if kind:
+        manifest["kind"] = kind
+    return manifest
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _history(quality: float, epochs: int = 6) -> list[dict]:
+    return [{"epoch": e, "accuracy": round(0.5 + 0.08 * e * quality + 0.05 * e, 4), "loss": round(1.3 / (e + 1), 4),
+             "val_accuracy": round(min(0.99, 0.45 + 0.09 * e * (0.5 + quality)), 4),
+             "val_loss": round(1.4 / (e + 1) + 0.1 * (1 - quality), 4), "learning_rate": 1e-3}
+            for e in range(epochs)]
+
+
+def _prediction_rows(images: list[tuple[Path, int]], n_wrong: int) -> list[dict]:
+    rows = []
+    for k, (path, c) in enumerate(images):
+        pred = (c + 1) % len(LABELS) if k < n_wrong else c
+        probs = {f"p_{label}": (0.7 if i == pred else 0.1) for i, label in enumerate(LABELS)}
+        rows.append({"path": str(path), "true": LABELS[c], "predicted": LABELS[pred], **probs})
+    return rows
+
+
+def write_run(out: Path, backbone: str, images, *, failed: bool = False) -> Path:
+    """One run folder (completed with all files, or failed with manifest and history only)."""
+    if failed:
+        _, folder, created = FAILED
+        run_dir = out / folder
+        run_dir.mkdir()
+        manifest = manifest_for(backbone, folder, created, failed=True)
+        (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        _write_csv(run_dir / "history.csv", _history(0.1, epochs=1))
+        return run_dir
+    folder, created, accuracy, ci, latency, tier = BACKBONES[backbone]
+    quality = {1: 0.8, 2: 0.4}[tier] + (0.1 if backbone == "efficientnetb0" else 0.0)
+    run_dir = out / folder
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps(manifest_for(backbone, folder, created)), encoding="utf-8")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics_for(accuracy, ci, latency, quality)), encoding="utf-8")
+    _write_csv(run_dir / "history.csv", _history(quality))
+    _write_csv(run_dir / "predictions.csv", _prediction_rows(images, n_wrong=round(10 * (1 - accuracy))))
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------
+# The comparison folder
+# ----------------------------------------------------------------------------------
+
+
+def _leaderboard(runs: dict[str, Path]) -> list[dict]:
+    rows = []
+    for backbone, (folder, _, accuracy, ci, latency, tier) in BACKBONES.items():
+        metrics = json.loads((runs[backbone] / "metrics.json").read_text(encoding="utf-8"))
+        row = {"backbone": backbone, "status": "completed", "tier": tier, "accuracy": accuracy,
+               "accuracy_ci_low": ci[0], "accuracy_ci_high": ci[1], "macro_f1": metrics["macro_f1"],
+               "macro_f1_ci_low": metrics["macro_f1_ci"][0], "macro_f1_ci_high": metrics["macro_f1_ci"][1]}
+        row.update({f"recall_{label}": metrics["per_class"][label]["recall"] for label in LABELS})
+        row.update({f"f1_{label}": metrics["per_class"][label]["f1"] for label in LABELS})
+        row.update({"roc_auc_macro": metrics["roc_auc_macro"], "ece": metrics["ece"],
+                    "params": 2_257_984 if backbone == "mobilenetv2" else 4_049_571, "train_s": 95.0,
+                    "image_size": IMAGE_SIZE[backbone],
+                    "infer_ms_per_image": latency, "infer_images_per_s": metrics["infer_images_per_s"],
+                    "error": None})
+        rows.append(row)
+    failed = {key: None for key in rows[0]}
+    failed.update({"backbone": FAILED[0], "status": "failed", "error": FAILED_ERROR})
+    rows.append(failed)
+    return rows
+
+
+def _pairwise() -> list[dict]:
+    tests = []
+    for (a, b), (p, p_holm, significant) in PAIR_P.items():
+        tests.append({"a": a, "b": b, "accuracy_a": BACKBONES[a][2], "accuracy_b": BACKBONES[b][2],
+                      "only_a": 4 if significant else 2, "only_b": 0 if significant else 1,
+                      "method": "exact", "p_value": p, "p_holm": p_holm, "significant": significant,
+                      "winner": a if significant else None, "sentence": SENTENCES[(a, b)]})
+    return tests
+
+
+def _p_matrix() -> dict:
+    names = list(BACKBONES)
+    values = [[None if a == b else PAIR_P.get((a, b), PAIR_P.get((b, a), (None, None)))[1] for b in names]
+              for a in names]
+    return {"names": names, "values": values}
+
+
+def _heat(center: tuple[float, float], sharp: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:7, 0:7] / 6
+    heat = np.exp(-(((xx - center[1]) ** 2 + (yy - center[0]) ** 2) / (0.05 / sharp)))
+    return (heat / heat.max()).astype(np.float32)
+
+
+def write_gradcam(comp_dir: Path, images) -> dict:
+    """``gradcam.npz`` for one image per class; mobilenetv2 gets the last image wrong."""
+    sample = [images[2 * c] for c in range(len(LABELS))]
+    centers = [(0.35, 0.35), (0.3, 0.65), (0.5, 0.5), (0.65, 0.6)]
+    arrays = {}
+    for backbone in BACKBONES:
+        sharp = 2.0 if backbone == "efficientnetb0" else 1.0
+        preds = [c for _, c in sample]
+        if backbone == "mobilenetv2":
+            preds[-1] = 0
+        arrays[backbone] = np.stack([_heat(centers[c], sharp) for _, c in sample])
+        arrays[f"{backbone}__pred"] = np.array(preds, dtype=np.int64)
+        probs = np.full((len(sample), len(LABELS)), 0.05, dtype=np.float32)
+        probs[np.arange(len(sample)), preds] = 0.85
+        arrays[f"{backbone}__probs"] = probs
+    np.savez_compressed(comp_dir / "gradcam.npz", **arrays)
+    return {"file": "gradcam.npz", "paths": [str(p) for p, _ in sample],
+            "true": [LABELS[c] for _, c in sample], "backbones": list(BACKBONES)}
+
+
+def write_comparison(out: Path, runs: dict[str, Path], images) -> Path:
+    comp_dir = out / COMPARE_DIR
+    comp_dir.mkdir()
+    entries = [{"backbone": b, "run_dir": f"../{runs[b].name}", "status": "completed", "error": None}
+               for b in BACKBONES]
+    entries.append({"backbone": FAILED[0], "run_dir": f"../{FAILED[1]}", "status": "failed", "error": FAILED_ERROR})
+    comparison = {
+        "schema": 1, "kind": "comparison", "comparison_id": COMPARE_DIR, "created": "2026-11-27T17:19:00+01:00",
+        "config": {"epochs": 5, "image_size": 224, "batch_size": 32, "seed": 42, "alpha": 0.05,
+                   "test": "mcnemar", "weights": "imagenet"},
+        "dataset": {"root": "/data/brain mri", "name": "phantom-4", "synthetic": True,
+                    "description": "Synthetic ellipse phantoms with a bright blob per tumour class",
+                    "layout": "split", "labels": LABELS},
+        "split_fingerprint": SPLIT, "split_fingerprints": {b: SPLIT for b in BACKBONES}, "labels": LABELS, "runs": entries, "pairwise": _pairwise(),
+        "p_matrix": _p_matrix(), "tiers": {b: v[5] for b, v in BACKBONES.items()},
+        "gradcam": write_gradcam(comp_dir, images),
+    }
+    (comp_dir / "comparison.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+    rows = _leaderboard(runs)
+    (comp_dir / "leaderboard.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    _write_csv(comp_dir / "leaderboard.csv", [{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+    return comp_dir
+
+
+def write_clutter(out: Path, images) -> dict[str, Path]:
+    """Folders the index must cope with: an evaluation, an old run, a half-written run, junk."""
+    evaluation = out / "20261127-180000-evaluate-efficientnetb0"
+    evaluation.mkdir()
+    manifest = manifest_for("efficientnetb0", evaluation.name, "2026-11-27T18:00:00+01:00", kind="evaluation")
+    (evaluation / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    (evaluation / "metrics.json").write_text(json.dumps({"accuracy": 0.9321, "accuracy_ci": [0.91, 0.95]}))
+    old = out / "20261126-090000-densenet121"  # naive timestamp, a day earlier: no report written
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps(
+        manifest_for("densenet121", old.name, "2026-11-26T09:00:00")), encoding="utf-8")
+    half = out / "20261127-175900-vgg16"
+    half.mkdir()
+    (half / "manifest.json").write_text('{"run_id": "20261127-1759', encoding="utf-8")
+    foreign = out / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("not a run")
+    (out / "README.txt").write_text("stray file")
+    return {"evaluation": evaluation, "old": old, "half": half, "foreign": foreign}
+
+
+def build_comparison(root: Path) -> dict:
+    """Write the whole output folder under ``root``; returns the interesting paths."""
+    images = write_images(root / "data")
+    out = root / "out"
+    out.mkdir()
+    runs = {backbone: write_run(out, backbone, images) for backbone in BACKBONES}
+    runs[FAILED[0]] = write_run(out, FAILED[0], images, failed=True)
+    comp_dir = write_comparison(out, runs, images)
+    return {"out": out, "comp": comp_dir, "runs": runs, "images": images, **write_clutter(out, images)}

@@ -1,0 +1,118 @@
+"""`suite compare`, `suite evaluate` and `suite predict` on real (tiny) trained models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backbones import list_backbones
+from suite.cli import main
+from suite.compare import compare
+from tests.imagegen import TINY_RUN, make_dataset
+
+LEADERBOARD_COLUMNS = ["backbone", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low",
+                       "macro_f1_ci_high", "roc_auc_macro", "ece", "params", "train_s", "infer_ms_per_image",
+                       "infer_images_per_s"]
+LABELS = ["glioma", "meningioma", "pituitary", "no_tumor"]
+
+
+def _leaderboard(comparison: Path) -> list[dict]:
+    with open(comparison / "leaderboard.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_leaderboard_has_every_column_and_backbone(comparison):
+    rows = _leaderboard(comparison)
+    assert sorted(r["backbone"] for r in rows) == list_backbones()
+    columns = set(rows[0])
+    for column in LEADERBOARD_COLUMNS + [f"recall_{x}" for x in LABELS] + [f"f1_{x}" for x in LABELS]:
+        assert column in columns, column
+    assert json.loads((comparison / "leaderboard.json").read_text())[0]["backbone"] == rows[0]["backbone"]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "macro_f1"])
+def test_confidence_intervals_contain_their_estimates(comparison, metric):
+    for row in _leaderboard(comparison):
+        low, point, high = (float(row[f"{metric}_ci_low"]), float(row[metric]), float(row[f"{metric}_ci_high"]))
+        assert low <= point <= high, row["backbone"]
+
+
+def test_every_pair_is_tested_on_the_same_split(comparison):
+    comp = json.loads((comparison / "comparison.json").read_text())
+    n = len(list_backbones())
+    assert len(comp["pairwise"]) == n * (n - 1) // 2
+    assert comp["split_fingerprint"] is not None
+    assert len(set(comp["split_fingerprints"].values())) == 1
+    matrix = comp["p_matrix"]["values"]
+    assert len(matrix) == n and all(matrix[i][i] is None for i in range(n))
+    for test in comp["pairwise"]:
+        assert 0 <= test["p_holm"] <= 1 and test["p_holm"] >= test["p_value"]
+        assert test["a"] in test["sentence"] and test["b"] in test["sentence"]
+    assert set(comp["tiers"]) == set(list_backbones())
+
+
+def test_gradcam_sample_is_shared_by_every_backbone(comparison):
+    comp = json.loads((comparison / "comparison.json").read_text())
+    heat = np.load(comparison / comp["gradcam"]["file"])
+    n = len(comp["gradcam"]["paths"])
+    assert n > 0
+    for name in list_backbones():
+        maps = heat[name]
+        assert maps.shape[0] == n and maps.min() >= 0 and maps.max() <= 1
+        assert heat[f"{name}__probs"].shape == (n, 4)
+
+
+def test_comparison_report_and_index_are_written(comparison):
+    assert (comparison / "report.html").is_file()
+    index = (comparison.parent / "index.html").read_text(encoding="utf-8")
+    assert comparison.name in index
+
+
+def test_a_failing_backbone_is_recorded_and_the_others_complete(tiny_data, tmp_path):
+    """A weights file that fits one backbone and not the other: the second fails, the first completes."""
+    from backbones import create_backbone
+
+    weights = tmp_path / "mobilenetv2.weights.h5"
+    create_backbone("mobilenetv2", input_size=32, weights=None).save_weights(weights)
+    folder = compare({"data": str(tiny_data), "out": str(tmp_path / "runs"), **{**TINY_RUN, "weights": str(weights)}},
+                     ["mobilenetv2", "resnet50"], progress=False, log=lambda m: None)
+    rows = {r["backbone"]: r for r in _leaderboard(folder)}
+    assert rows["mobilenetv2"]["status"] == "completed" and rows["mobilenetv2"]["accuracy"]
+    assert rows["resnet50"]["status"] == "failed" and rows["resnet50"]["error"]
+    assert "resnet50" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_evaluate_on_a_second_dataset_with_an_unseen_class(runs_by_backbone, tmp_path, capsys):
+    data = make_dataset(tmp_path / "external", layout="flat", folders=("Glioma", "no tumor", "astrocytoma"),
+                        n_train=3, n_test=0, seed=7)
+    run_dir = runs_by_backbone["mobilenetv2"]
+    assert main(["evaluate", str(run_dir), "--data", str(data), "--out", str(tmp_path / "evals"), "--quiet"]) == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["n_test"] == 6  # glioma + no_tumor; the unseen class is reported, not scored
+    assert metrics["unseen_classes"]["astrocytoma"]["n"] == 3
+    assert sum(metrics["unseen_classes"]["astrocytoma"]["predicted"].values()) == 3
+    assert metrics["per_class"]["glioma"]["support"] == 3
+    assert (folder / "report.html").is_file() and (folder / "predictions.csv").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["kind"] == "evaluation" and "astrocytoma" in manifest["warnings"][0]
+
+
+def test_predict_prints_every_class_probability(runs_by_backbone, tiny_data, tmp_path, capsys):
+    image = next((tiny_data / "Testing" / "glioma_tumor").iterdir())
+    copy = tmp_path / "scan (1) ü.png"
+    shutil.copy(image, copy)
+    junk = tmp_path / "notes.jpg"
+    junk.write_text("not an image")
+    code = main(["predict", str(runs_by_backbone["resnet50"]), str(copy), str(junk), "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert code == 1  # one file could not be read
+    assert results[0]["predicted"] in LABELS
+    assert set(results[0]["probabilities"]) == set(LABELS)
+    assert sum(results[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert "not an image" in results[1]["error"]
