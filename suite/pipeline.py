@@ -6,13 +6,14 @@ data folder -> discover -> decode/cache -> split -> build model -> fit -> evalua
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from backbones import get_spec
+from backbones import BackboneSpec, get_spec
 from suite import runs
 from suite.config import RunConfig, resolve_config
 from suite.data.dataset import PreparedData, prepare_data
@@ -25,27 +26,34 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Everything decided before training: backbone, configuration, weights, data."""
+
+    spec: BackboneSpec
+    config: RunConfig
+    weights: WeightsChoice
+    data: PreparedData
+
+
+def prepare(
     flags: Mapping[str, Any],
     *,
     progress: bool = True,
     log: Callable[[str], None] = _log,
-    raise_errors: bool = True,
     defaults: Mapping[str, Any] | None = None,
-) -> Path:
-    """Train and evaluate one backbone; return the finished run folder.
+) -> Prepared:
+    """Resolve the configuration, the weights and the data of a run; no folder is made yet.
 
     Args:
         flags: user settings (see ``RunConfig``); missing or ``None`` ones are resolved
             from the dataset's card and the reference defaults.
         progress: show progress bars.
         log: where one-line status messages go.
-        raise_errors: re-raise a training failure (default); when false, the failure is
-            recorded in the manifest and the run folder is returned.
         defaults: command-level defaults (see ``resolve_config``).
 
     Raises:
-        SuiteError: bad data or unavailable weights, before any run folder is made.
+        SuiteError: bad data or unavailable weights.
     """
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
     index = discover(flags.get("data") or _phantom_root(log))
@@ -65,7 +73,26 @@ def run(
     )
     log(f"data ready in {data.seconds:.1f}s (cache {'hit' if data.cache_hit else 'miss'}, "
         f"{len(data.skipped)} skipped)")
-    run_dir = runs.new_run_dir(config.out, spec.name)
+    return Prepared(spec, config, weights, data)
+
+
+def execute(
+    prepared: Prepared,
+    run_dir: Path,
+    *,
+    log: Callable[[str], None] = _log,
+    raise_errors: bool = True,
+) -> Path:
+    """Train, evaluate and report into ``run_dir`` (an existing, empty folder).
+
+    Args:
+        prepared: from :func:`prepare` (its data's split decides train/val/test).
+        run_dir: the run folder.
+        log: where one-line status messages go.
+        raise_errors: re-raise a training failure (default); when false, the failure is
+            recorded in the manifest and the run folder is returned.
+    """
+    spec, config, weights, data = prepared.spec, prepared.config, prepared.weights, prepared.data
     manifest = initial_manifest(run_dir, config, data, weights)
     runs.write_manifest(run_dir, manifest)
     try:
@@ -83,6 +110,24 @@ def run(
         runs.write_manifest(run_dir, manifest)
         _write_report(run_dir, log)
     return run_dir
+
+
+def run(
+    flags: Mapping[str, Any],
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = _log,
+    raise_errors: bool = True,
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train and evaluate one backbone; return the finished run folder ``<out>/<timestamp>-<backbone>``.
+
+    Bad data or unavailable weights raise ``SuiteError`` before any run folder is made.
+    See :func:`prepare` and :func:`execute` for the arguments.
+    """
+    prepared = prepare(flags, progress=progress, log=log, defaults=defaults)
+    run_dir = runs.new_run_dir(prepared.config.out, prepared.spec.name)
+    return execute(prepared, run_dir, log=log, raise_errors=raise_errors)
 
 
 def _phantom_root(log) -> Path:
