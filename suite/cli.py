@@ -119,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_compare)
 
+    p = sub.add_parser("cv", help="stratified K-fold cross-validation of one backbone; prints the CV folder")
+    add_run_arguments(p)
+    p.add_argument("--folds", type=_positive_int, default=5, help="K (default: 5)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CV_DIR",
+                   help="continue a killed CV: CV_DIR, or without a value the newest unfinished CV of this "
+                        "backbone under --out; completed folds are kept")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_cv)
+
     p = sub.add_parser("evaluate", help="score a finished run's model on another dataset")
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
     p.add_argument("--data", required=True, type=_existing_dir, help="dataset folder (any supported layout)")
@@ -176,6 +185,24 @@ def cmd_compare(args) -> int:
     flags.pop("backbone")
     folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=_log)
     print(folder)
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from backbones import get_spec
+    from suite.config import RunConfig
+    from suite.cv import cross_validate, latest_unfinished
+
+    flags = run_flags(args)
+    resume = None
+    if args.resume == "latest":
+        out = Path(args.out or RunConfig.out)
+        resume = latest_unfinished(out, get_spec(args.backbone or RunConfig.backbone).name)
+        if resume is None:
+            raise SuiteError(f"no unfinished cross-validation to resume under {out}")
+    elif args.resume:
+        resume = Path(args.resume)
+    print(cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=_log))
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from backbones import BackboneSpec, create_backbone
@@ -108,16 +110,98 @@ def build_model(spec: BackboneSpec, config: RunConfig, n_classes: int, weights: 
     bn_training = set_trainable(backbone, config.finetune)
     x = backbone(x, training=None if bn_training else False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
-    # The softmax stays in float32 under mixed precision, for stable probabilities.
-    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
-    model = keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
+    for layer in classifier_head(config, n_classes):
+        x = layer(x)
+    model = keras.Model(inputs, x, name=f"{spec.name}_classifier")
+    return compile_classifier(model, config)
+
+
+def classifier_head(config: RunConfig, n_classes: int) -> list:
+    """The layers after the pooled features: dropout, then the softmax classifier.
+
+    Shared by :func:`build_model` and :func:`build_head_model`, so a head trained on cached
+    features has the same layers (and layer names) as the head of the full model.
+    """
+    import keras
+
+    return [
+        keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout"),
+        # The softmax stays in float32 under mixed precision, for stable probabilities.
+        keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs"),
+    ]
+
+
+def compile_classifier(model, config: RunConfig):
+    """Compile with Adam at ``config.learning_rate``, cross-entropy and accuracy; returns ``model``."""
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
+
+
+def build_feature_extractor(spec: BackboneSpec, config: RunConfig, weights: str | None):
+    """Raw RGB -> preprocessing -> frozen backbone -> global average pooling, uncompiled.
+
+    The layers are made in :func:`build_model`'s order, so with random initialisation and
+    the same seed the backbone's weights are the same as the full model's.
+
+    Args:
+        spec: the backbone's registry entry.
+        config: image size (augmentation is ignored: features are of un-augmented images).
+        weights: the constructor's ``weights`` argument (see ``suite.weights``).
+    """
+    import keras
+
+    size = config.image_size
+    inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
+    x = inputs
+    pre = preprocessing_layer(spec.preprocessing)
+    if pre is not None:
+        x = pre(x)
+    backbone = create_backbone(spec.name, input_size=size, weights=weights)
+    set_trainable(backbone, "head")
+    x = backbone(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
+    return keras.Model(inputs, x, name=f"{spec.name}_features")
+
+
+def build_head_model(n_features: int, config: RunConfig, n_classes: int):
+    """The classifier head alone, on pooled backbone features, compiled.
+
+    Args:
+        n_features: width of the feature vectors.
+        config: dropout, seed and learning rate.
+        n_classes: width of the softmax.
+    """
+    import keras
+
+    inputs = keras.Input(shape=(n_features,), name="features", dtype="float32")
+    x = inputs
+    for layer in classifier_head(config, n_classes):
+        x = layer(x)
+    return compile_classifier(keras.Model(inputs, x, name="head"), config)
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str):
+    """Set the dtype policy ``precision`` asks for on this machine; restore the previous one after.
+
+    Yields:
+        The policy name used (see :func:`set_precision`).
+    """
+    import keras
+
+    from suite.device import accelerators
+
+    previous = keras.config.dtype_policy()
+    try:
+        yield set_precision(precision, bool(accelerators()))
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def set_precision(precision: str, on_accelerator: bool) -> str:

@@ -147,9 +147,8 @@ def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weigh
     from suite.device import backend, describe_device, package_versions
 
     warnings = [weights.warning] if weights.warning else []
-    if data.index.synthetic:
-        warnings.insert(0, "This run used synthetic phantom data, not real MRI: its figures say "
-                           "nothing about clinical performance.")
+    notice = ("SYNTHETIC DATA: this run used the synthetic phantom dataset, not real MRI; its figures say "
+              "nothing about clinical performance.") if data.index.synthetic else None
     return {
         "schema": 1,
         "run_id": run_dir.name,
@@ -160,6 +159,8 @@ def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weigh
         "config": config.to_dict(),
         "seed": config.seed,
         "dataset": data.index.describe(),
+        "synthetic_data": data.index.synthetic,
+        "data_notice": notice,
         "data_fingerprint": data.data_fingerprint,
         "split_fingerprint": data.split_fingerprint,
         "class_counts": data.class_counts(),

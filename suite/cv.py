@@ -1,0 +1,215 @@
+"""``suite cv``: stratified K-fold cross-validation over the training pool, resumable.
+
+prepare (decode once) -> K disjoint stratified folds of the training pool -> per fold a
+full run folder (train on K-1 folds minus a validation slice, test on the held-out fold;
+the official test split, when there is one, is scored separately and never trained on)
+-> cv.json (per-fold metrics, mean, std, a t-interval across folds) -> report.html.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from suite import runs
+from suite.data.splits import Split, split_fingerprint, stratified_holdout
+from suite.errors import SuiteError
+from suite.io import read_json, write_json_atomic
+
+CV_FILE = "cv.json"
+OFFICIAL_TEST = "official_test_metrics.json"
+
+
+def fold_splits(labels: np.ndarray, pool: np.ndarray, k: int, *, val_fraction: float, seed: int) -> list[Split]:
+    """K stratified, seeded, disjoint folds of ``pool``; each held-out fold is that split's test set.
+
+    Args:
+        labels: label of every row.
+        pool: rows the folds cover (the training pool).
+        k: number of folds.
+        val_fraction: share of the remaining rows held out for validation (checkpointing).
+        seed: the same seed gives the same folds.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = np.bincount(np.unique(labels[pool], return_inverse=True)[1]).min()
+    if smallest < k:
+        raise SuiteError(f"{k} folds need at least {k} images per class; the smallest class has {smallest}")
+    rng = np.random.default_rng(seed)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(pool, labels[pool])
+    splits = []
+    for rest, held in folds:
+        train, val = stratified_holdout(labels, pool[rest], val_fraction, rng, "validation")
+        splits.append(Split(train=train, val=val, test=np.sort(pool[held])))
+    return splits
+
+
+def summarise(values: list[float], confidence: float = 0.95) -> dict:
+    """Mean, sample standard deviation and a Student-t interval across folds."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(arr) - 1) * std / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
+    return {"mean": mean, "std": std, "ci": [mean - half, mean + half]}
+
+
+def fold_figures(metrics: Mapping) -> dict:
+    """The figures cv.json aggregates: accuracy, macro-F1, per-class recall and F1."""
+    out = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    for label, m in metrics["per_class"].items():
+        out[f"recall_{label}"] = m["recall"]
+        out[f"f1_{label}"] = m["f1"]
+    return out
+
+
+def aggregate(folds: list[dict], key: str = "metrics") -> dict:
+    """``{"mean": {...}, "std": {...}, "ci": {...}}`` over the folds' ``key`` figures."""
+    names = list(folds[0][key])
+    stats = {name: summarise([f[key][name] for f in folds]) for name in names}
+    return {part: {name: s[part] for name, s in stats.items()} for part in ("mean", "std", "ci")}
+
+
+def cross_validate(
+    flags: Mapping,
+    folds: int,
+    *,
+    resume: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run (or resume) a K-fold cross-validation; return the CV folder.
+
+    Args:
+        flags: run settings, as for ``suite run``.
+        folds: K (at least 2).
+        resume: an existing CV folder: completed folds are kept, the rest are run.
+    """
+    from suite.pipeline import prepare
+
+    if folds < 2:
+        raise SuiteError(f"cross-validation needs at least 2 folds, got {folds}")
+    prepared = prepare(flags, progress=progress, log=log)
+    data, config = prepared.data, prepared.config
+    labels = np.array([e.label for e in data.entries])
+    official_test = data.split.test if data.index.layout == "split" else np.array([], dtype=int)
+    pool = np.setdiff1d(np.arange(len(labels)), official_test)
+    splits = fold_splits(labels, pool, folds, val_fraction=config.val_fraction, seed=config.seed)
+    cv_dir = _cv_folder(resume, config, prepared.spec.name)
+    plan = _plan(cv_dir, config, data, folds, resume is not None)
+    write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))  # a killed CV can resume from here on
+    keys = [str(e.path) for e in data.entries]
+    for k, split in enumerate(splits, start=1):
+        record = _run_fold(prepared, cv_dir, k, split, keys, official_test, log)
+        plan["folds"] = [f for f in plan["folds"] if f["fold"] != k] + [record]
+        plan["folds"].sort(key=lambda f: f["fold"])
+        write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))
+    plan["status"] = "completed" if all(f["status"] == "completed" for f in plan["folds"]) else "failed"
+    write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))
+    _write_report(cv_dir, log)
+    return cv_dir
+
+
+def _cv_folder(resume: Path | None, config, backbone: str) -> Path:
+    if resume is None:
+        return runs.new_run_dir(config.out, f"cv-{backbone}")
+    if not (resume / CV_FILE).is_file():
+        raise SuiteError(f"{resume} is not a cross-validation folder (no {CV_FILE})")
+    return resume
+
+
+def _plan(cv_dir: Path, config, data, folds: int, resuming: bool) -> dict:
+    """The CV's identity; on resume it must match the folder's, or the folds would differ."""
+    identity = {"backbone": config.backbone, "k": folds, "seed": config.seed,
+                "data_fingerprint": data.data_fingerprint, "image_size": config.image_size,
+                "epochs": config.epochs}
+    if resuming:
+        old = read_json(cv_dir / CV_FILE)
+        changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+        if changed:
+            raise SuiteError(f"cannot resume {cv_dir}: settings differ from the original run: {changed}")
+        return {**old, "status": "running", "resumed": old.get("resumed", 0) + 1}
+    return {"schema": 1, "kind": "cv", "cv_id": cv_dir.name, "status": "running",
+            "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "config": config.to_dict(), "dataset": data.index.describe(), "labels": list(data.labels),
+            "folds": [], **identity}
+
+
+def _run_fold(prepared, cv_dir: Path, k: int, split: Split, keys, official_test, log) -> dict:
+    from suite.pipeline import execute
+
+    fold_dir = cv_dir / f"fold-{k}"
+    if _completed(fold_dir):
+        log(f"fold {k}: already completed, kept")
+        return _fold_record(k, fold_dir)
+    if fold_dir.exists():  # left by a killed run: keep it aside, never delete what a user has
+        fold_dir.rename(cv_dir / f"fold-{k}.incomplete-{runs.timestamp()}")
+    fold_dir.mkdir()
+    data = dataclasses.replace(prepared.data, split=split, split_fingerprint=split_fingerprint(split, keys))
+    log(f"fold {k}: training on {len(split.train)}, validating on {len(split.val)}, testing on {len(split.test)}")
+    execute(dataclasses.replace(prepared, data=data), fold_dir, log=log, raise_errors=False)
+    if len(official_test) and _completed(fold_dir):
+        _score_official_test(fold_dir, prepared, official_test)
+    return _fold_record(k, fold_dir)
+
+
+def _completed(fold_dir: Path) -> bool:
+    return runs.is_run_dir(fold_dir) and runs.read_manifest(fold_dir)["status"] == "completed" and \
+        (fold_dir / runs.METRICS).is_file()
+
+
+def _score_official_test(fold_dir: Path, prepared, rows) -> None:
+    from suite.evaluate import classification_metrics
+    from suite.inference import load_run_model
+
+    model, _ = load_run_model(fold_dir)
+    x = np.ascontiguousarray(prepared.data.images[rows])
+    probs = model.predict(x, batch_size=prepared.config.batch_size, verbose=0)
+    write_json_atomic(fold_dir / OFFICIAL_TEST, classification_metrics(prepared.data.y[rows], probs,
+                                                                       prepared.data.labels))
+
+
+def _fold_record(k: int, fold_dir: Path) -> dict:
+    manifest = runs.read_manifest(fold_dir)
+    record = {"fold": k, "run_dir": fold_dir.name, "status": manifest["status"], "error": manifest.get("error"),
+              "split_fingerprint": manifest["split_fingerprint"]}
+    if manifest["status"] == "completed":
+        record["metrics"] = fold_figures(read_json(fold_dir / runs.METRICS))
+        if (fold_dir / OFFICIAL_TEST).is_file():
+            record["official_test"] = fold_figures(read_json(fold_dir / OFFICIAL_TEST))
+    return record
+
+
+def _with_summary(plan: dict) -> dict:
+    done = [f for f in plan["folds"] if f["status"] == "completed"]
+    summary = {**plan, "n_completed": len(done)}
+    if done:
+        summary.update(aggregate(done))
+        with_test = [f for f in done if "official_test" in f]
+        if with_test:
+            summary["official_test"] = aggregate(with_test, "official_test")
+    return summary
+
+
+def _write_report(cv_dir: Path, log) -> None:
+    try:
+        from reports.cv import write_cv_report
+
+        write_cv_report(cv_dir)
+    except Exception as exc:  # cv.json is written; a report problem must not lose it
+        log(f"warning: the CV report could not be written: {type(exc).__name__}: {exc}")
+
+
+def latest_unfinished(out: Path, backbone: str) -> Path | None:
+    """The newest CV folder of ``backbone`` under ``out`` that did not complete."""
+    for folder in sorted(Path(out).glob(f"*-cv-{backbone}*"), reverse=True):
+        cv = folder / CV_FILE
+        if cv.is_file() and read_json(cv).get("status") != "completed":
+            return folder
+    return None

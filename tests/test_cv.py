@@ -1,0 +1,105 @@
+"""Cross-validation: disjoint seeded folds, cv.json, and resuming a killed CV."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from suite.cv import fold_splits, summarise
+from suite.errors import SuiteError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _labels():
+    return np.repeat(np.array(["a", "b", "c"]), 12)
+
+
+def test_folds_are_disjoint_stratified_and_seeded():
+    labels, pool = _labels(), np.arange(36)
+    a = fold_splits(labels, pool, 3, val_fraction=0.1, seed=5)
+    b = fold_splits(labels, pool, 3, val_fraction=0.1, seed=5)
+    c = fold_splits(labels, pool, 3, val_fraction=0.1, seed=6)
+    held = np.concatenate([s.test for s in a])
+    assert sorted(held.tolist()) == list(range(36))  # every image held out exactly once
+    for s, t in zip(a, b):
+        assert np.array_equal(s.test, t.test) and np.array_equal(s.val, t.val)
+    assert any(not np.array_equal(s.test, t.test) for s, t in zip(a, c))
+    for s in a:
+        assert not set(s.test) & (set(s.train) | set(s.val))
+        assert sorted(np.unique(labels[s.test], return_counts=True)[1].tolist()) == [4, 4, 4]
+
+
+def test_official_test_rows_never_enter_a_fold():
+    labels, pool = _labels(), np.arange(30)  # rows 30..35 are the official test
+    for s in fold_splits(labels, pool, 2, val_fraction=0.1, seed=0):
+        assert max(np.concatenate([s.train, s.val, s.test])) < 30
+
+
+def test_too_few_images_per_class_for_k_folds():
+    with pytest.raises(SuiteError, match="at least 5 images per class"):
+        fold_splits(np.array(["a"] * 4 + ["b"] * 9), np.arange(13), 5, val_fraction=0.1, seed=0)
+
+
+def test_summary_interval_contains_the_mean():
+    s = summarise([0.8, 0.85, 0.9])
+    assert s["mean"] == pytest.approx(0.85) and s["std"] == pytest.approx(0.05)
+    assert s["ci"][0] < 0.85 < s["ci"][1]
+
+
+def _cv_command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "suite", "cv", "--backbone", "mobilenetv2", "--folds", "2", "--epochs", "1",
+            "--image-size", "32", "--batch-size", "8", "--weights", "none", "--data", str(data),
+            "--out", str(out), "--quiet", *extra]
+
+
+def _wait_for_first_fold(out: Path, proc, timeout: float = 240) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for manifest in out.glob("*-cv-*/fold-1/manifest.json"):
+            if json.loads(manifest.read_text()).get("status") == "completed" and \
+                    (manifest.parent / "report.html").exists():
+                return manifest.parent
+        if proc.poll() is not None:
+            pytest.fail(f"cv exited early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.5)
+    pytest.fail("fold 1 did not complete in time")
+
+
+def test_killed_cv_resumes_at_the_first_unfinished_fold(tiny_data, tmp_path):
+    """Start a real 2-fold CV, SIGKILL it after fold 1, rerun with --resume: fold 1 is kept, fold 2 runs."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cv_command(tiny_data, out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        fold1 = _wait_for_first_fold(out, proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    cv_dir = fold1.parent
+    assert json.loads((cv_dir / "cv.json").read_text())["status"] != "completed"
+    kept = (fold1 / "metrics.json").stat().st_mtime_ns
+    done = subprocess.run(_cv_command(tiny_data, out, "--resume"), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Path(done.stdout.strip().splitlines()[-1]) == cv_dir
+    assert "fold 1: already completed, kept" in done.stderr
+    assert (fold1 / "metrics.json").stat().st_mtime_ns == kept
+    cv = json.loads((cv_dir / "cv.json").read_text())
+    assert cv["status"] == "completed" and [f["fold"] for f in cv["folds"]] == [1, 2]
+    for key in ("accuracy", "macro_f1", "recall_glioma"):
+        assert key in cv["mean"] and key in cv["std"] and len(cv["ci"][key]) == 2
+    assert "accuracy" in cv["official_test"]["mean"]
+    assert len({f["split_fingerprint"] for f in cv["folds"]}) == 2
+    assert (cv_dir / "report.html").is_file()
