@@ -73,6 +73,52 @@ def _weights(value: str) -> str:
     return value
 
 
+def _folds(value: str) -> int:
+    n = int(value)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"cross-validation needs at least 2 folds, got {value}")
+    return n
+
+
+def _search_space(value: str):
+    from suite.search_space import load_space
+
+    try:
+        return load_space(Path(value).expanduser())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+TUNE_DESCRIPTION = """\
+Search learning rate, dropout, fine-tune depth, augmentation and batch size with Keras Tuner,
+then retrain the best settings as a normal run folder inside the tuning folder and test it.
+
+Where the search lives:
+  new search        --out DIR (default: runs) gets DIR/<timestamp>-tune-<backbone>/
+  --resume TUNE_DIR continues the search stored in TUNE_DIR: finished trials are kept and not
+                    rerun, and --max-trials is the new total. The backbone, data, split, tuner,
+                    objective, --cv, the space and the other run flags must be those of the
+                    original search (checked; stored in TUNE_DIR/search.json).
+  distributed       with KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set
+                    (Keras Tuner's chief/worker mode), --out DIR is the tuning folder itself and
+                    every process must be given the same one. The chief (tuner id containing
+                    "chief") serves the oracle, then writes tuning.json and retrains the best;
+                    workers run trials and exit.
+
+A run flag that is given fixes that setting (e.g. --batch-size 16). With --finetune head the
+frozen backbone's features are computed once, cached, and each trial trains only the head
+(augmentation is then fixed to none).
+
+Search space file (TOML), one table per setting, each optional:
+  [learning_rate]   min = 1e-4   max = 1e-2   sampling = "log"   (default)
+  [dropout]         min = 0.0    max = 0.6    step = 0.1         (default)
+  [finetune]        values = ["head", "top:20", "top:50", "all"] (default)
+  [augment]         values = ["none", "light"]                   (default)
+  [batch_size]      values = [16, 32, 64]                        (default)
+  value = X fixes a setting; sampling is linear, log or reverse_log.
+"""
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that trains (``run`` now; ``compare``, ``cv`` later)."""
     p.add_argument("--backbone", type=_backbone, default=None, help="registered backbone (default: efficientnetb0)")
@@ -101,6 +147,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from suite.tune import OBJECTIVES, TUNER_NAMES
+
     parser = argparse.ArgumentParser(
         prog="python -m suite",
         description="Benchmark transfer-learning classifiers on brain-tumour MRI.",
@@ -127,6 +175,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "backbone under --out; completed folds are kept")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_cv)
+
+    p = sub.add_parser(
+        "tune", help="search training settings with Keras Tuner, retrain the best; prints the tuning folder",
+        description=TUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p)
+    p.add_argument("--tuner", choices=TUNER_NAMES, default="random",
+                   help="Keras Tuner oracle (default: random)")
+    p.add_argument("--max-trials", type=_positive_int, default=10,
+                   help="trials in all, counting those a resumed search finished (default: 10)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="val_accuracy",
+                   help="validation figure to maximise, at each trial's best epoch (default: val_accuracy)")
+    p.add_argument("--space", type=_search_space, default=None, metavar="FILE.toml",
+                   help="override the default search space (see below)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="TUNE_DIR",
+                   help="continue the search in TUNE_DIR (without a value: the newest tuning folder of this "
+                        "backbone under --out); finished trials are kept and not rerun")
+    p.add_argument("--cv", type=_folds, default=None, metavar="K",
+                   help="score each trial by the mean over K stratified folds of the training pool "
+                        "(default: the validation split)")
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                   help="with --finetune head, still build and train the full model in every trial")
+    p.add_argument("--compare-default", action="store_true",
+                   help="also train the un-tuned settings, for a best-versus-default comparison")
+    p.add_argument("--max-consecutive-failures", type=_positive_int, default=3, metavar="N",
+                   help="stop the search after N failed trials in a row (default: 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser("evaluate", help="score a finished run's model on another dataset")
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
@@ -204,6 +279,32 @@ def cmd_cv(args) -> int:
         resume = Path(args.resume)
     print(cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=_log))
     return 0
+
+
+def cmd_tune(args) -> int:
+    from backbones import get_spec
+    from suite.config import RunConfig
+    from suite.io import read_json
+    from suite.tune import TUNING_FILE, TuneSettings, distributed_role, latest_search, tune
+
+    resume = None
+    if args.resume == "latest":
+        out = Path(args.out or RunConfig.out)
+        resume = latest_search(out, get_spec(args.backbone or RunConfig.backbone).name)
+        if resume is None:
+            raise SuiteError(f"no tuning folder to resume under {out}")
+    elif args.resume:
+        resume = Path(args.resume)
+    settings = TuneSettings(tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
+                            resume=resume, cv=args.cv, fast_path=args.fast_path,
+                            compare_default=args.compare_default,
+                            max_consecutive_failures=args.max_consecutive_failures,
+                            **({"space": args.space} if args.space is not None else {}))
+    folder = tune(run_flags(args), settings, progress=not args.quiet, log=_log)
+    print(folder)
+    if distributed_role() == "worker":
+        return 0
+    return 0 if read_json(folder / TUNING_FILE).get("status") == "completed" else 1
 
 
 def cmd_evaluate(args) -> int:

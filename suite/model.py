@@ -62,6 +62,22 @@ def augmentation_layers(kind: str, seed: int) -> list:
     ]
 
 
+# From random initialisation, BatchNorm's moving statistics start far from the data's.
+# With the applications' momentum (0.999 in MobileNetV2) they need thousands of steps to
+# catch up, so for the first epochs validation runs on stale statistics and the best
+# checkpoint is chosen on noise. A faster average fixes that; pretrained weights keep theirs.
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+def set_bn_momentum(backbone, momentum: float) -> None:
+    """Set the moving-average momentum of every BatchNormalization layer in ``backbone``."""
+    import keras
+
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
 def set_trainable(backbone, finetune: str) -> bool:
     """Freeze the backbone as ``finetune`` says; returns whether BatchNorm runs in training mode.
 
@@ -107,6 +123,8 @@ def build_model(spec: BackboneSpec, config: RunConfig, n_classes: int, weights: 
     if pre is not None:
         x = pre(x)
     backbone = create_backbone(spec.name, input_size=size, weights=weights)
+    if weights is None:
+        set_bn_momentum(backbone, SCRATCH_BN_MOMENTUM)
     bn_training = set_trainable(backbone, config.finetune)
     x = backbone(x, training=None if bn_training else False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)

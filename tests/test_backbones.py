@@ -106,3 +106,24 @@ def test_finetune_modes(finetune, trainable):
     expected = {"all": n == total, "none": n == 0, "some": 0 < n < total}[trainable]
     assert expected, (finetune, n, total)
     assert len(model.trainable_weights) >= 2  # the classifier head always trains
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_batchnorm_adapts_fast_from_random_initialisation(name, tmp_path):
+    """Random init: every BatchNorm uses the fast momentum; a weights file keeps the application's own."""
+    import keras
+
+    from suite.config import RunConfig
+    from suite.model import SCRATCH_BN_MOMENTUM, build_model
+
+    spec = get_spec(name)
+    config = RunConfig(backbone=name, image_size=32)
+
+    def momenta(model):
+        backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        return {layer.momentum for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    assert momenta(build_model(spec, config, 4, None)) == {SCRATCH_BN_MOMENTUM}
+    path = tmp_path / "w.weights.h5"
+    create_backbone(name, input_size=32, weights=None).save_weights(path)
+    assert SCRATCH_BN_MOMENTUM not in momenta(build_model(spec, config, 4, str(path)))

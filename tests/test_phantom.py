@@ -110,7 +110,7 @@ def test_lesions_appear_where_their_class_puts_them(seed):
         where = np.median(u[changed]), np.median(v[changed])
         if label == "pituitary":  # small, at the bottom centre of the head
             assert abs(where[0]) < 0.1 and where[1] < -0.3
-            assert changed.sum() < 0.05 * (rho < 1).sum()
+            assert changed.sum() < 0.12 * (rho < 1).sum()
         elif label == "meningioma":  # against the inner skull
             assert np.median(head.inner(phi[changed]) - rho[changed]) < 0.25
         else:  # inside the brain, away from the skull

@@ -45,15 +45,6 @@ DESCRIPTION = (
     "and must not be used to judge clinical performance."
 )
 _REF_SIZE = 128  # pixel-valued parameters are given for 128 px and scaled from it
-_STYLE = {  # TEMPORARY tuning knobs
-    "lesion_scale": 1.0,
-    "lesion_gain": 1.0,
-    "necrotic_p": 0.8,
-    "sulci": 1.0,
-    "bright_dots": (2, 7),
-    "dark_dots": (0, 3),
-    "oedema_dark_p": 0.75,
-}
 
 
 _ANGLES = np.linspace(-np.pi, np.pi, 1025)  # where periodic profiles are tabulated
@@ -172,7 +163,7 @@ def _sample_head(rng: np.random.Generator, size: int) -> _Head:
     # Axial heads are long front-to-back (tall), sagittal ones wide, coronal near round.
     aspect = {"axial": (0.74, 0.88), "coronal": (0.86, 1.0), "sagittal": (1.08, 1.25)}[plane]
     aspect = rng.uniform(*aspect)
-    radius = size * rng.uniform(0.29, 0.39)
+    radius = size * rng.uniform(0.35, 0.47)
     extent = radius * max(np.sqrt(aspect), 1 / np.sqrt(aspect)) * 1.06
     # Shift anywhere that keeps the whole head (give or take a pixel) in the picture.
     room = max(size / 2 - extent - 1, 0.0)
@@ -283,7 +274,8 @@ def _anatomy(head, tissue, fields, u, v, uw, vw):
 
     rho_w, phi_w = _polar(uw, vw)
     surface = head.brain(phi_w)
-    brain = _inside(surface - rho_w, edge)
+    # The skull does not move: only what is inside it is pushed around.
+    brain = _inside(surface - rho_w, edge) * _inside(inner - rho, edge)
     img = _paint(img, brain, _parenchyma(head, tissue, fields, rho_w, phi_w, surface, edge))
     img = _paint(img, _csf_spaces(head, uw, vw, edge) * brain, tissue["csf"])
     if head.plane == "sagittal":
@@ -306,7 +298,8 @@ def _parenchyma(head, tissue, fields, rho, phi, surface, edge):
     # Sulci widen towards the surface; their distance is |gyri| over its slope k / rho.
     width = 0.08 + 0.3 * np.clip((b - (1 - depth)) / depth, 0, 1)
     sulcus = _inside((width - np.abs(gyri)) * rho / k, edge) * (b > 1 - depth)
-    return _paint(value, sulcus * _STYLE["sulci"], tissue["csf"])
+    # Half-strength sulci: visible anatomy, but not so busy that it drowns the lesions.
+    return _paint(value, 0.5 * sulcus, tissue["csf"])
 
 
 def _csf_spaces(head, u, v, edge):
@@ -364,8 +357,9 @@ def _skull_base(head, tissue, u, v, img):
     top = head.sella_top()
     rise = -head.inner(-np.pi / 2) + head.base_height * np.exp(-((u / 0.2) ** 2))
     in_head = _inside(head.outer(np.arctan2(v, u)) - np.hypot(u, v), edge)
-    img = _paint(img, _inside(rise - v, edge) * in_head, tissue["skull"] * 0.3)  # cortex
-    img = _paint(img, _inside(rise - 0.03 - v, edge) * in_head, tissue["skull"])  # marrow
+    img = _paint(img, _inside(rise - v, edge) * in_head, tissue["skull"] * 0.25)  # cortex
+    marrow = _inside(rise - 0.045 - v, edge) * in_head
+    img = _paint(img, marrow, tissue["skull"] * 0.65)
     img = _paint(img, _inside(_ellipse(u, v, 0, top - 0.13, 0.08, 0.05), edge), tissue["air"])
     cup = _ellipse(u, v, 0, top - 0.005, 0.07, 0.05)
     img = _paint(img, _inside(cup, edge), tissue["csf"])
@@ -398,18 +392,16 @@ def _sample_lesion(rng, head: _Head, label: str) -> _Lesion | None:
 
 
 def _sample_glioma(rng, head):
-    radius = rng.uniform(0.15, 0.24) * _STYLE["lesion_scale"]
+    radius = rng.uniform(0.21, 0.34)
     phi = rng.uniform(0, 2 * np.pi)
-    reach = head.brain(phi) - 1.5 * radius
+    reach = head.brain(phi) - 1.3 * radius
     dist = rng.uniform(0.15, 1.0) * max(reach, 0.05)
     params = {
         "shape": _wobble(rng, (2, 3, 4, 5), 0.1),
         "oedema_shape": _wobble(rng, (3, 4, 5, 6, 7), 0.12),
-        "oedema_reach": rng.uniform(1.55, 1.95),
-        "oedema_dark": rng.random() < _STYLE["oedema_dark_p"],
-        "necrotic": rng.random() < _STYLE["necrotic_p"],
+        "oedema_reach": rng.uniform(1.45, 1.8),
         "rim": rng.uniform(0.3, 0.45),
-        "bright": rng.uniform(0.85, 1.0) * _STYLE["lesion_gain"],
+        "bright": rng.uniform(1.0, 1.15),
     }
     centre = (dist * np.cos(phi), dist * np.sin(phi))
     return _Lesion("glioma", centre, radius, 0.6 * radius, params)
@@ -419,11 +411,11 @@ def _sample_meningioma(rng, head):
     # Anywhere along the convexity, but not on the skull base, where it would sit
     # on the sella and look like a pituitary mass.
     phi = -np.pi / 2 + rng.uniform(0.7, 2 * np.pi - 0.7)
-    radius = rng.uniform(0.16, 0.26) * _STYLE["lesion_scale"]
+    radius = rng.uniform(0.26, 0.42)
     dist = head.inner(phi) + rng.uniform(-0.15, 0.2) * radius
     params = {
         "phi": phi,
-        "bright": rng.uniform(0.88, 1.0) * _STYLE["lesion_gain"],
+        "bright": rng.uniform(1.0, 1.15),
         "tail": rng.uniform(1.2, 1.8) * radius,
     }
     centre = (dist * np.cos(phi), dist * np.sin(phi))
@@ -431,10 +423,10 @@ def _sample_meningioma(rng, head):
 
 
 def _sample_pituitary(rng, head):
-    radius = rng.uniform(0.1, 0.145) * _STYLE["lesion_scale"]
+    radius = rng.uniform(0.16, 0.23)
     stretch = rng.uniform(1.0, 1.35)
     centre = (rng.uniform(-0.02, 0.02), head.sella_top() + 0.6 * radius * stretch)
-    params = {"stretch": stretch, "bright": rng.uniform(0.85, 1.0) * _STYLE["lesion_gain"], "waist": rng.random() < 0.5}
+    params = {"stretch": stretch, "bright": rng.uniform(1.0, 1.15), "waist": rng.random() < 0.5}
     return _Lesion("pituitary", centre, radius, 0.0, params)
 
 
@@ -466,14 +458,12 @@ def _paint_glioma(head, tissue, fields, lesion, u, v, brain, img):
     d, theta = _polar(u - lesion.centre[0], v - lesion.centre[1])
     bound = lesion.radius * (1 + _lookup(theta, p["shape"]) + 0.06 * fields.coarse)
     oedema_bound = bound * p["oedema_reach"] * (1 + _lookup(theta, p["oedema_shape"]))
-    oedema_value = tissue["csf"] * 1.6 + 0.1 if p["oedema_dark"] else 0.85
-    img = _paint(img, 0.85 * _inside(oedema_bound - d, edge * 4) * brain, oedema_value)
-    if p["necrotic"]:
-        core = _inside(bound * (1 - p["rim"]) * (1 + 0.12 * fields.coarse) - d, edge * 1.5)
-        value = p["bright"] * (1 + 0.08 * fields.fine)
-        value = _paint(value, core, tissue["csf"] * 1.2 * (1 + 0.25 * fields.fine))
-    else:
-        value = 0.5 + 0.17 * fields.coarse + 0.05 * fields.fine  # patchy, low-grade
+    # Oedema is dark on T1, between CSF and grey matter, fading out at its edge.
+    oedema = 0.85 * _inside(oedema_bound - d, edge * 4) * brain
+    img = _paint(img, oedema, tissue["csf"] * 1.6 + 0.1)
+    core = _inside(bound * (1 - p["rim"]) * (1 + 0.12 * fields.coarse) - d, edge * 1.5)
+    value = p["bright"] * (1 + 0.08 * fields.fine)  # the enhancing rim
+    value = _paint(value, core, tissue["csf"] * 1.2 * (1 + 0.25 * fields.fine))  # necrosis
     return _paint(img, _inside(bound - d, edge), value)
 
 
@@ -509,7 +499,7 @@ def _paint_pituitary(head, tissue, fields, lesion, u, v, brain, img):
 def _distractors(rng, head, u, v, brain, img):
     """Small bright dots (vessels, calcifications) and a few dark lacunes in every class."""
     edge = 1.2 / head.radius_px
-    n_bright, n_dark = rng.integers(*_STYLE["bright_dots"]), rng.integers(*_STYLE["dark_dots"])
+    n_bright, n_dark = rng.integers(1, 4), rng.integers(0, 2)
     for i in range(n_bright + n_dark):
         phi = rng.uniform(0, 2 * np.pi)
         dist = np.sqrt(rng.uniform(0, 1)) * head.brain(phi) * 0.92
