@@ -144,6 +144,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without val_accuracy gain (default: off)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--protocol", choices=("default", "reference"), default=None,
+                   help="reference: the original notebook's recipe (Training+Testing pooled, random 10%% test "
+                        "split, seed 101, 150 px, 12 epochs, batch 32); flags still override it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 RUN_FLAG_NAMES = ("backbone", "data", "out", "image_size", "epochs", "batch_size", "learning_rate", "dropout",
                   "finetune", "augment", "val_fraction", "test_fraction", "seed", "weights", "precision",
-                  "early_stopping", "workers")
+                  "early_stopping", "workers", "protocol")
 
 
 def run_flags(args: argparse.Namespace) -> dict:

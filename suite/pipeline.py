@@ -70,6 +70,7 @@ def prepare(
         seed=config.seed,
         workers=config.workers,
         progress=progress,
+        pool_splits=config.pool_splits,
     )
     log(f"data ready in {data.seconds:.1f}s (cache {'hit' if data.cache_hit else 'miss'}, "
         f"{len(data.skipped)} skipped)")

@@ -241,3 +241,18 @@ def test_split_fingerprint_follows_the_seed(tiny_data):
     c = prepare_data(index, seed=2, **kw)
     assert a.split_fingerprint == b.split_fingerprint != c.split_fingerprint
     assert a.data_fingerprint == c.data_fingerprint
+
+
+def test_reference_protocol_pools_official_splits(tiny_data):
+    from suite.config import resolve_config
+
+    config = resolve_config({"protocol": "reference"}, {"image_size": 64, "epochs": 3})
+    assert (config.image_size, config.epochs, config.batch_size, config.seed) == (150, 12, 32, 101)
+    assert config.pool_splits and config.test_fraction == 0.1
+    assert resolve_config({"protocol": "reference", "epochs": 1}).epochs == 1  # flags still win
+    data = prepare_data(discover(tiny_data), image_size=32, val_fraction=0.1, test_fraction=0.1, seed=101,
+                        progress=False, pool_splits=True)
+    test_folders = {data.entries[i].path.parent.parent.name for i in data.split.test}
+    train_folders = {data.entries[i].path.parent.parent.name for i in data.split.train}
+    assert train_folders == {"Training", "Testing"}  # official test images end up in training
+    assert len(data.split.test) == 8 and test_folders <= {"Training", "Testing"}

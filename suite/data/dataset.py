@@ -71,8 +71,13 @@ def prepare_data(
     seed: int,
     workers: int | None = None,
     progress: bool = True,
+    pool_splits: bool = False,
 ) -> PreparedData:
     """Decode (or load from cache) and split a discovered dataset.
+
+    Args:
+        pool_splits: ignore official Training/Testing folders and split everything at
+            random (the reference protocol); by default an official test split is kept.
 
     Raises:
         DataError: a class folder whose files all fail to decode, or a class too small
@@ -88,7 +93,7 @@ def prepare_data(
     y = np.array([index.labels.index(e.label) for e in kept], dtype=np.int64)
     split = make_split(
         np.array([e.label for e in kept]),
-        np.array([e.split for e in kept]),
+        np.array(["pool" if pool_splits else e.split for e in kept]),
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
