@@ -36,6 +36,12 @@ def _existing_dir(value: str) -> Path:
     return path
 
 
+def _threshold(value: str):
+    from suite.gates import Threshold
+
+    return Threshold.parse(value)
+
+
 def _finetune(value: str) -> str:
     if not FINETUNE_PATTERN.match(value):
         raise argparse.ArgumentTypeError(f"expected all, head or top:N (N >= 1), got {value!r}")
@@ -221,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     p.set_defaults(handler=cmd_predict)
 
+    p = sub.add_parser("check", help="check run, comparison or CV folders against metric thresholds (exit 1 on failure)")
+    p.add_argument("--thresholds", type=Path, default=None, help="TOML file: [default] and per-backbone tables")
+    p.add_argument("--require", action="append", default=[], type=_threshold, metavar="METRIC>=VALUE",
+                   help="an extra bound for every backbone, e.g. accuracy>=0.9 (may repeat)")
+    p.add_argument("paths", nargs="+", help="run, comparison or CV folders, or a folder of them")
+    p.set_defaults(handler=cmd_check)
+
     p = sub.add_parser("list", help="list the registered backbones")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter (default: all)")
     p.set_defaults(handler=cmd_list)
@@ -337,6 +350,14 @@ def cmd_predict(args) -> int:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cmd_check(args) -> int:
+    from suite.gates import check_command
+
+    if args.thresholds is None and not args.require:
+        raise SuiteError("give --thresholds FILE and/or --require METRIC>=VALUE")
+    return check_command(args.thresholds, args.paths, args.require)
 
 
 def cmd_list(args) -> int:
