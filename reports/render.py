@@ -341,8 +341,9 @@ def _metrics_context(metrics: Mapping | None, labels: Sequence[str], problems: l
     """Headline numbers, per-class table and confusion matrix (empty when no metrics)."""
     if metrics is None:
         return {"has_metrics": False, "accuracy": _DASH, "accuracy_pct": _DASH, "macro_f1": _DASH,
-                "n_test": _DASH, "per_class": [], "confusion_matrix_uri": None}
+                "n_test": _DASH, "per_class": [], "confusion_matrix_uri": None, "leakage": None}
     return {
+        "leakage": leakage_rows(metrics),
         "has_metrics": True,
         "accuracy": fmt3(metrics.get("accuracy")),
         "accuracy_pct": fmt_pct(metrics.get("accuracy")),
@@ -351,6 +352,26 @@ def _metrics_context(metrics: Mapping | None, labels: Sequence[str], problems: l
         "per_class": per_class_rows(_as_dict(metrics.get("per_class")), labels),
         "confusion_matrix_uri": _confusion_uri(metrics, labels, problems),
     }
+
+
+def _with_ci(value: Any, ci: Any) -> str:
+    ci = _as_list(ci)
+    if len(ci) == 2 and None not in ci:
+        return f"{fmt3(value)} [{fmt3(ci[0])}, {fmt3(ci[1])}]"
+    return fmt3(value)
+
+
+def leakage_rows(metrics: Mapping) -> dict | None:
+    """Full versus leak-free test figures, side by side, when the run looked for duplicates."""
+    leak = metrics.get("leak_free")
+    if not isinstance(leak, Mapping):
+        return None
+    rows = [{"name": "test images", "full": fmt_int(metrics.get("n_test")), "leak_free": fmt_int(leak.get("n_test"))}]
+    if leak.get("n_test"):
+        for key, name in (("accuracy", "accuracy [95% CI]"), ("macro_f1", "macro F1 [95% CI]")):
+            rows.append({"name": name, "full": _with_ci(metrics.get(key), metrics.get(f"{key}_ci")),
+                         "leak_free": _with_ci(leak.get(key), leak.get(f"{key}_ci"))})
+    return {"rows": rows, "n_excluded": fmt_int(leak.get("n_excluded")), "definition": str(leak.get("definition", ""))}
 
 
 def _summary_context(manifest: Mapping, dataset: Mapping, weights: Mapping, labels: Sequence[str]) -> dict:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from suite.config import AUGMENT_CHOICES, FINETUNE_PATTERN, PRECISION_CHOICES
+from suite.config import AUGMENT_CHOICES, DEDUP_MODES, FINETUNE_PATTERN, PRECISION_CHOICES
 from suite.errors import SuiteError
 
 
@@ -150,6 +150,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without val_accuracy gain (default: off)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--dedup", choices=DEDUP_MODES, default=None,
+                   help="leakage firewall against duplicate images: off, report (default: leak-free test metrics "
+                        "beside the full ones), group (a duplicate cluster never straddles train/val/test or "
+                        "folds), drop (test images with a training twin are removed)")
     p.add_argument("--protocol", choices=("default", "reference"), default=None,
                    help="reference: the original notebook's recipe (Training+Testing pooled, random 10%% test "
                         "split, seed 101, 150 px, 12 epochs, batch 32); flags still override it")
@@ -227,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     p.set_defaults(handler=cmd_predict)
 
+    p = sub.add_parser("audit", help="dataset audit: duplicates, leakage across splits, label conflicts, bad files")
+    p.add_argument("--data", required=True, type=_existing_dir, help="dataset folder")
+    p.add_argument("--out", default=None, help="where the audit folder goes (default: runs)")
+    p.add_argument("--threshold", type=int, default=None, help="perceptual-hash Hamming distance for near "
+                   "duplicate candidates (default: 10 of 64 bits)")
+    p.add_argument("--tol", type=float, default=None, help="pixel tolerance confirming a near duplicate "
+                   "(default: 0.11; about 0.2 also groups neighbouring slices of one scan)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_audit)
+
     p = sub.add_parser("check", help="check run, comparison or CV folders against metric thresholds (exit 1 on failure)")
     p.add_argument("--thresholds", type=Path, default=None, help="TOML file: [default] and per-backbone tables")
     p.add_argument("--require", action="append", default=[], type=_threshold, metavar="METRIC>=VALUE",
@@ -253,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 RUN_FLAG_NAMES = ("backbone", "data", "out", "image_size", "epochs", "batch_size", "learning_rate", "dropout",
                   "finetune", "augment", "val_fraction", "test_fraction", "seed", "weights", "precision",
-                  "early_stopping", "workers", "protocol")
+                  "early_stopping", "workers", "protocol", "dedup")
 
 
 def run_flags(args: argparse.Namespace) -> dict:
@@ -350,6 +364,14 @@ def cmd_predict(args) -> int:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def cmd_audit(args) -> int:
+    from suite.audit import run_audit
+
+    settings = {k: v for k, v in (("threshold", args.threshold), ("tol", args.tol)) if v is not None}
+    print(run_audit(args.data, out=args.out, progress=not args.quiet, **settings))
+    return 0
 
 
 def cmd_check(args) -> int:

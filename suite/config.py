@@ -36,6 +36,7 @@ CARD_KEYS = ("image_size", "epochs")
 FINETUNE_PATTERN = re.compile(r"^(all|head|top:[1-9][0-9]*)$")
 AUGMENT_CHOICES = ("none", "light")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DEDUP_MODES = ("off", "report", "group", "drop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +65,10 @@ class RunConfig:
         protocol: ``default`` or ``reference`` (the original notebook's recipe, see ``PROTOCOLS``).
         pool_splits: pool official Training/Testing folders and split them at random
             (set by the ``reference`` protocol).
+        dedup: leakage firewall against exact and near-duplicate images: ``off``,
+            ``report`` (leak-free test metrics beside the full ones), ``group`` (a
+            duplicate cluster never straddles train/validation/test) or ``drop`` (test
+            images with a training twin are removed).
     """
 
     backbone: str = "efficientnetb0"
@@ -85,6 +90,7 @@ class RunConfig:
     workers: int | None = None
     protocol: str = "default"
     pool_splits: bool = False
+    dedup: str = "report"
 
     def __post_init__(self):
         _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
@@ -98,6 +104,7 @@ class RunConfig:
         _check(self.precision in PRECISION_CHOICES, f"precision must be one of {PRECISION_CHOICES}")
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        _check(self.dedup in DEDUP_MODES, f"dedup must be one of {DEDUP_MODES}, got {self.dedup!r}")
         _check(self.protocol in PROTOCOLS, f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
 
     def to_dict(self) -> dict[str, Any]:

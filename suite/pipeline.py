@@ -71,6 +71,7 @@ def prepare(
         workers=config.workers,
         progress=progress,
         pool_splits=config.pool_splits,
+        dedup=config.dedup,
     )
     log(f"data ready in {data.seconds:.1f}s (cache {'hit' if data.cache_hit else 'miss'}, "
         f"{len(data.skipped)} skipped)")
@@ -166,6 +167,7 @@ def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weigh
         "split_fingerprint": data.split_fingerprint,
         "class_counts": data.class_counts(),
         "cache_hit": data.cache_hit,
+        "dedup": data.dedup,
         "skipped": list(data.skipped),
         "n_skipped": len(data.skipped),
         "weights": weights.describe(),
@@ -210,6 +212,8 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
         x_test, y_test = data.arrays("test")
         probs = best.predict(x_test, batch_size=config.batch_size, verbose=0)
         metrics = classification_metrics(y_test, probs, data.labels)
+        if data.cluster is not None:
+            metrics["leak_free"] = leak_free_metrics(data, y_test, probs)
         manifest["timings"]["eval_s"] = round(time.perf_counter() - start, 3)
         metrics.update(time_inference(best, x_test[: config.batch_size]))
     finally:
@@ -220,6 +224,22 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
     manifest["status"] = "completed"
     log(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
         f"on {metrics['n_test']} images")
+
+
+LEAK_FREE_KEYS = ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "per_class", "confusion_matrix", "n_test")
+
+
+def leak_free_metrics(data: PreparedData, y_test, probs) -> dict:
+    """Metrics on the test images with no exact or near twin in training or validation."""
+    from suite.evaluate import classification_metrics
+
+    mask = data.leak_free_test()
+    summary = {"n_excluded": int((~mask).sum()), "definition": "test images with no exact or near-duplicate "
+               "training or validation image (suite.duplicates)"}
+    if not mask.any():
+        return {**summary, "n_test": 0}
+    full = classification_metrics(y_test[mask], probs[mask], data.labels)
+    return {**summary, **{k: full[k] for k in LEAK_FREE_KEYS}}
 
 
 def _write_report(run_dir: Path, log) -> None:

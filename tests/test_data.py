@@ -256,3 +256,24 @@ def test_reference_protocol_pools_official_splits(tiny_data):
     train_folders = {data.entries[i].path.parent.parent.name for i in data.split.train}
     assert train_folders == {"Training", "Testing"}  # official test images end up in training
     assert len(data.split.test) == 4 and test_folders <= {"Training", "Testing"}  # 10% of 14 per class
+
+
+def test_grouped_split_never_straddles_a_cluster():
+    labels = _labels(20, 3)
+    groups = np.arange(len(labels)) // 3  # clusters of three same-class images
+    splits = np.array(["pool"] * len(labels))
+    s = make_split(labels, splits, val_fraction=0.2, test_fraction=0.2, seed=0, groups=groups)
+    parts = [set(groups[p].tolist()) for p in (s.train, s.val, s.test)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert sorted(np.concatenate([s.train, s.val, s.test]).tolist()) == list(range(len(labels)))
+    assert all((labels[s.test] == f"c{i}").any() for i in range(3))
+
+
+def test_grouped_split_moves_training_twins_of_official_test_out():
+    labels = _labels(10, 2)
+    splits = np.array((["train"] * 8 + ["test"] * 2) * 2)
+    groups = np.arange(len(labels))
+    groups[0] = groups[8]  # a training image duplicated in the official test set
+    s = make_split(labels, splits, val_fraction=0.2, test_fraction=0.2, seed=0, groups=groups)
+    assert np.array_equal(s.test, np.flatnonzero(splits == "test"))
+    assert 0 not in s.train and 0 not in s.val

@@ -138,3 +138,39 @@ def test_jax_backend_smoke(tmp_path, tiny_data):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["backend"] == "jax" and manifest["status"] == "completed"
     assert json.loads((run_dir / "metrics.json").read_text())["n_test"] == 16
+
+
+def _leaky_dataset(root: Path) -> Path:
+    """Tiny data where one training image also sits, byte for byte, in the test set."""
+    import shutil
+
+    data = make_dataset(root, n_train=6, n_test=2)
+    source = sorted((data / "Training" / "glioma_tumor").iterdir())[0]
+    shutil.copy(source, data / "Testing" / "glioma_tumor" / f"copy of {source.name}")
+    return data
+
+
+def test_leak_free_metrics_beside_the_full_ones(tmp_path):
+    data = _leaky_dataset(tmp_path / "data")
+    run_dir = run({"data": str(data), "out": str(tmp_path / "runs"), "backbone": "mobilenetv2", **TINY},
+                  progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["dedup"]["mode"] == "report" and manifest["dedup"]["test_with_training_twin"] >= 1
+    leak = metrics["leak_free"]
+    assert leak["n_excluded"] >= 1 and leak["n_test"] == metrics["n_test"] - leak["n_excluded"]
+    assert "leak-free" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("mode", ["drop", "group"])
+def test_dedup_modes_remove_the_leak(tmp_path, mode):
+    from suite.data.dataset import prepare_data
+    from suite.data.discover import discover
+
+    data = prepare_data(discover(_leaky_dataset(tmp_path / "data")), image_size=32, val_fraction=0.2,
+                        test_fraction=0.2, seed=0, progress=False, dedup=mode)
+    assert data.leak_free_test().all()  # no test image keeps a training twin
+    if mode == "drop":
+        assert data.dedup["dropped_from_test"] >= 1 and len(data.split.test) < 9
+    else:
+        assert data.dedup["removed_from_training"] >= 1 and len(data.split.test) == 9  # the official test set stays whole

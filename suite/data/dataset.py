@@ -29,6 +29,8 @@ class PreparedData:
         split_fingerprint: digest of which file went to which part.
         cache_hit: the images came from the cache, nothing was decoded.
         seconds: wall time of the whole data stage.
+        cluster: duplicate-cluster id of each row (``None`` with ``dedup="off"``).
+        dedup: what the leakage firewall found and did (see :func:`leakage_summary`).
     """
 
     index: DatasetIndex
@@ -41,6 +43,8 @@ class PreparedData:
     split_fingerprint: str
     cache_hit: bool
     seconds: float
+    cluster: np.ndarray | None = None
+    dedup: dict | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -50,6 +54,13 @@ class PreparedData:
         """In-memory ``(x, y)`` of ``"train"``, ``"val"`` or ``"test"``."""
         rows = self.split.parts()[part]
         return np.ascontiguousarray(self.images[rows]), self.y[rows]
+
+    def leak_free_test(self) -> np.ndarray:
+        """Boolean mask over the test rows: no exact or near twin in training or validation."""
+        if self.cluster is None:
+            return np.ones(len(self.split.test), dtype=bool)
+        seen = set(self.cluster[np.concatenate([self.split.train, self.split.val])].tolist())
+        return np.array([self.cluster[r] not in seen for r in self.split.test], dtype=bool)
 
     def paths(self, part: str) -> list[Path]:
         return [self.entries[i].path for i in self.split.parts()[part]]
@@ -72,12 +83,17 @@ def prepare_data(
     workers: int | None = None,
     progress: bool = True,
     pool_splits: bool = False,
+    dedup: str = "off",
 ) -> PreparedData:
     """Decode (or load from cache) and split a discovered dataset.
 
     Args:
         pool_splits: ignore official Training/Testing folders and split everything at
             random (the reference protocol); by default an official test split is kept.
+        dedup: the leakage firewall: ``off``; ``report`` (find exact and near duplicates
+            so metrics can be given on leak-free test images too); ``group`` (a duplicate
+            cluster never straddles train, validation and test); ``drop`` (test images
+            with a training twin are removed).
 
     Raises:
         DataError: a class folder whose files all fail to decode, or a class too small
@@ -91,13 +107,18 @@ def prepare_data(
     check_readable(index, kept)
     rows = np.flatnonzero(ok)
     y = np.array([index.labels.index(e.label) for e in kept], dtype=np.int64)
+    cluster = None if dedup == "off" else duplicate_clusters(index, decoded.digests, ok, workers, progress)[rows]
     split = make_split(
         np.array([e.label for e in kept]),
         np.array(["pool" if pool_splits else e.split for e in kept]),
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
+        groups=cluster if dedup == "group" else None,
     )
+    summary = None
+    if cluster is not None:
+        split, summary = apply_dedup(split, cluster, dedup, n_kept=len(kept))
     keys = [f"{_relpath(e.path, index.root)}\t{decoded.digests[i]}" for e, i in zip(kept, rows)]
     # Rows of unreadable files stay in the cached array; select the readable ones lazily.
     images = decoded.images if ok.all() else _RowView(decoded.images, rows)
@@ -112,7 +133,39 @@ def prepare_data(
         split_fingerprint=split_fingerprint(split, keys),
         cache_hit=decoded.cache_hit,
         seconds=time.perf_counter() - start,
+        cluster=cluster,
+        dedup=summary,
     )
+
+
+DEDUP_IMAGE_SIZE = 64  # duplicates are judged on 64 px images (see suite.duplicates)
+
+
+def duplicate_clusters(index: DatasetIndex, digests, ok, workers, progress) -> np.ndarray:
+    """Cluster id (exact or near duplicates) for every discovered file, from 64 px images."""
+    from suite.duplicates import find_duplicates
+
+    small = load_images([e.path for e in index.entries], DEDUP_IMAGE_SIZE, workers=workers, progress=progress)
+    return find_duplicates(list(digests), small.images, valid=ok)["cluster"]
+
+
+def apply_dedup(split: Split, cluster: np.ndarray, mode: str, *, n_kept: int) -> tuple[Split, dict]:
+    """Drop leaking test images (``drop``) and summarise what the firewall found."""
+    seen = set(cluster[np.concatenate([split.train, split.val])].tolist())
+    twinned = np.array([cluster[r] in seen for r in split.test], dtype=bool)
+    summary = {
+        "mode": mode,
+        "clusters_with_duplicates": int((np.bincount(cluster) > 1).sum()),
+        "images_in_duplicate_clusters": int(np.isin(cluster, np.flatnonzero(np.bincount(cluster) > 1)).sum()),
+        "test_with_training_twin": int(twinned.sum()),
+        "test_images": int(len(split.test)),
+        "removed_from_training": int(n_kept - len(split.train) - len(split.val) - len(split.test)),
+        "dropped_from_test": 0,
+    }
+    if mode == "drop":
+        summary["dropped_from_test"] = int(twinned.sum())
+        split = Split(train=split.train, val=split.val, test=split.test[~twinned])
+    return split, summary
 
 
 class _RowView:

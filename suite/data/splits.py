@@ -51,6 +51,37 @@ def stratified_holdout(labels: np.ndarray, rows: np.ndarray, fraction: float, rn
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
 
 
+def grouped_holdout(labels: np.ndarray, rows: np.ndarray, groups: np.ndarray, fraction: float, rng, what: str):
+    """Like :func:`stratified_holdout`, but whole groups (duplicate clusters) move together.
+
+    Each group counts for the label of its first row; per label, shuffled groups are
+    held out until they cover ``fraction`` of that label's rows (at least one group).
+    """
+    units: dict[int, list[int]] = {}
+    for r in rows:
+        units.setdefault(int(groups[r]), []).append(int(r))
+    by_label: dict[str, list[list[int]]] = {}
+    for members in units.values():
+        by_label.setdefault(str(labels[members[0]]), []).append(members)
+    kept, held = [], []
+    for label in sorted(by_label):
+        members = by_label[label]
+        if len(members) < 2:
+            raise DataError(f"class {label!r} has {len(members)} distinct image(s) after grouping duplicates: "
+                            f"at least 2 are needed to hold some out for {what}")
+        order = rng.permutation(len(members))
+        target = max(1, math.floor(sum(len(m) for m in members) * fraction + 0.5))
+        taken = 0
+        for n, i in enumerate(order):
+            last = n == len(order) - 1  # the kept part always keeps at least one group
+            if taken < target and not last:
+                held.extend(members[i])
+                taken += len(members[i])
+            else:
+                kept.extend(members[i])
+    return np.sort(np.array(kept, dtype=int)), np.sort(np.array(held, dtype=int))
+
+
 def make_split(
     labels: np.ndarray,
     splits: np.ndarray,
@@ -58,6 +89,7 @@ def make_split(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> Split:
     """Assign every row to train, validation or test.
 
@@ -72,17 +104,29 @@ def make_split(
         val_fraction: share of the training pool held out for validation.
         test_fraction: share of a single-folder dataset held out for testing.
         seed: the same seed gives the same split.
+        groups: duplicate-cluster id of each row; when given, no cluster straddles two
+            parts: held-out parts take whole clusters, and training images whose cluster
+            has a member in an official test or validation folder leave training.
     """
     rng = np.random.default_rng(seed)
     rows = np.arange(len(labels))
+
+    def holdout(part_rows, fraction, what):
+        if groups is None:
+            return stratified_holdout(labels, part_rows, fraction, rng, what)
+        return grouped_holdout(labels, part_rows, groups, fraction, rng, what)
+
     pool = rows[splits == "pool"]
     if len(pool):
-        train, test = stratified_holdout(labels, pool, test_fraction, rng, "testing")
+        train, test = holdout(pool, test_fraction, "testing")
     else:
         train, test = rows[splits == "train"], rows[splits == "test"]
     val = rows[splits == "val"]
+    if groups is not None:  # official folders: their clusters leave training
+        fixed = set(groups[test].tolist()) | set(groups[val].tolist())
+        train = np.array([r for r in train if groups[r] not in fixed], dtype=int)
     if not len(val):
-        train, val = stratified_holdout(labels, train, val_fraction, rng, "validation")
+        train, val = holdout(train, val_fraction, "validation")
     return Split(train=train, val=val, test=test)
 
 

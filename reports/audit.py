@@ -1,0 +1,214 @@
+"""The dataset audit report: leakage, duplicates, label conflicts, file facts, example pairs.
+
+``audit_context`` turns the dict :func:`suite.audit.audit` returns into a flat context of
+plain values (thumbnails as ``data:`` URIs read from the dataset folder), and
+``render_audit`` fills ``audit.html.j2`` (autoescaped). Writing is the caller's job
+(:func:`suite.audit.write_audit`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import pathlib
+from typing import Any, Mapping
+
+from reports.render import _as_dict, _as_list, _banner, _environment, class_count_table, fmt_int, fmt_seconds, fmt_value
+
+THUMB_SIZE = 128
+_CATEGORY_TEXT = {
+    "cross_split_exact": ("Cross-split exact duplicates",
+                          "A test image byte-identical to a training (or validation) image."),
+    "cross_split_near": ("Cross-split near duplicates",
+                         "A test image that matches a training (or validation) image on pixels "
+                         "but not byte for byte."),
+    "within_split_exact": ("Within-split exact duplicates", "Byte-identical files inside one split."),
+    "within_split_near": ("Within-split near duplicates", "Pixel-confirmed near copies inside one split."),
+    "label_conflicts": ("Label conflicts", "The same or a near-same image filed under two labels."),
+}
+
+
+def _pct(part: Any, whole: Any) -> str:
+    try:
+        return f"{100 * float(part) / float(whole):.1f}%" if float(whole) else "\u2014"
+    except (TypeError, ValueError):
+        return "\u2014"
+
+
+def _thumb_uri(path: pathlib.Path, cache: dict, size: int = THUMB_SIZE) -> str | None:
+    """A small JPEG of the image at ``path`` as a ``data:`` URI, or ``None`` if unreadable."""
+    if path in cache:
+        return cache[path]
+    from PIL import Image
+
+    from reports.plots import _to_rgb
+
+    uri = None
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # cheap JPEG down-scaling; no-op otherwise
+            rgb = _to_rgb(image)
+        rgb.thumbnail((size, size))
+        buf = io.BytesIO()
+        rgb.save(buf, format="JPEG", quality=85)
+        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    except Exception:  # noqa: BLE001 - an unreadable file becomes a placeholder
+        uri = None
+    cache[path] = uri
+    return uri
+
+
+def _side(file: Mapping, root: pathlib.Path, cache: dict) -> dict:
+    rel = str(file.get("path") or "")
+    return {"path": rel, "split": str(file.get("split") or ""), "label": str(file.get("label") or ""),
+            "thumb": _thumb_uri(root / rel, cache) if rel else None}
+
+
+def _example_sections(examples: Mapping, root: pathlib.Path) -> list[dict]:
+    cache: dict = {}
+    sections = []
+    for key, (title, text) in _CATEGORY_TEXT.items():
+        block = _as_dict(examples.get(key))
+        pairs = []
+        for item in _as_list(block.get("shown")):
+            score = item.get("score")
+            pairs.append({
+                "a": _side(_as_dict(item.get("a")), root, cache),
+                "b": _side(_as_dict(item.get("b")), root, cache),
+                "kind": str(item.get("kind") or ""),
+                "distance": fmt_value(item.get("distance")),
+                "score": "\u2014" if score is None else f"{float(score):.3f}",
+            })
+        total = int(block.get("total") or 0)
+        sections.append({"id": key.replace("_", "-"), "title": title, "text": text,
+                         "total": fmt_int(total), "partial": len(pairs) < total, "pairs": pairs})
+    return sections
+
+
+def _histograms(headers: Mapping) -> list[dict]:
+    titles = {"size": "Image size (width\u00d7height)", "size_bucket": "Longest side", "aspect": "Aspect",
+              "mode": "Pillow mode", "format": "File format"}
+    out = []
+    for key, title in titles.items():
+        rows = _as_list(headers.get(key))
+        total = sum(int(r.get("count", 0)) for r in rows) or 1
+        out.append({"title": title, "rows": [
+            {"value": str(r.get("value")), "count": fmt_int(r.get("count")),
+             "pct": _pct(r.get("count"), total), "width": round(100 * int(r.get("count", 0)) / total, 1)}
+            for r in rows]})
+    return out
+
+
+def _duplicate_rows(result: Mapping, splits: list[str]) -> list[dict]:
+    rows = []
+    for key, name in (("exact", "exact (same bytes)"), ("near", "near (pixel-confirmed)")):
+        block = _as_dict(result.get(key))
+        within = _as_dict(block.get("pairs_within"))
+        rows.append({"kind": name, "within": [fmt_int(within.get(s, 0)) for s in splits],
+                     "cross": fmt_int(block.get("pairs_cross")), "pairs": fmt_int(block.get("pairs")),
+                     "groups": fmt_int(block.get("groups")), "files": fmt_int(block.get("files")),
+                     "redundant": fmt_int(block.get("redundant"))})
+    return rows
+
+
+def _headline(result: Mapping) -> list[dict]:
+    leak = _as_dict(result.get("leakage"))
+    n_test = leak.get("test_images", 0)
+    applicable = bool(leak.get("applicable"))
+    near = _as_dict(result.get("near"))
+    exact = _as_dict(result.get("exact"))
+    within_exact = sum(int(v) for v in _as_dict(exact.get("pairs_within")).values())
+    within_near = sum(int(v) for v in _as_dict(near.get("pairs_within")).values())
+    items = []
+    for key, label in (("cross_split_exact", "test images with a byte-identical training twin"),
+                       ("cross_split_near", "test images with an exact or near training twin"),
+                       ("cross_split_cluster", "test images in a cluster with a training image")):
+        value = int(result.get(key) or 0)
+        items.append({"value": fmt_int(value) if applicable else "n/a", "label": label,
+                      "detail": f"{_pct(value, n_test)} of {fmt_int(n_test)} test images" if applicable else "",
+                      "alert": applicable and value > 0})
+    items.append({"value": fmt_int(result.get("label_conflicts")), "label": "label conflicts (clusters)",
+                  "detail": f"{fmt_int(result.get('label_conflict_images'))} images involved",
+                  "alert": bool(result.get("label_conflicts"))})
+    items.append({"value": fmt_int(within_exact + within_near), "label": "within-split duplicate pairs",
+                  "detail": f"{fmt_int(within_exact)} exact, {fmt_int(within_near)} near", "alert": False})
+    return items
+
+
+def _banners(result: Mapping) -> list[dict]:
+    dataset = _as_dict(result.get("dataset"))
+    leak = _as_dict(result.get("leakage"))
+    banners = []
+    if dataset.get("synthetic"):
+        banners.append(_banner("synthetic", "Synthetic phantom data, not real MRI",
+                               "This dataset is synthetic: its duplicates say nothing about real scans.",
+                               dataset.get("description")))
+    if leak.get("applicable") and result.get("cross_split_near"):
+        banners.append(_banner(
+            "error", "Test images leak from training",
+            f"{fmt_int(result.get('cross_split_near'))} of {fmt_int(leak.get('test_images'))} test images have an "
+            f"exact or near twin in training ({fmt_int(result.get('cross_split_exact'))} byte-identical): "
+            "accuracy on the official test split is inflated."))
+    if result.get("label_conflicts"):
+        banners.append(_banner("warning", "Label conflicts",
+                               f"{fmt_int(result.get('label_conflicts'))} groups of the same image carry "
+                               "more than one label."))
+    skipped = _as_list(result.get("skipped"))
+    if skipped:
+        banners.append(_banner("warning", "Skipped files",
+                               f"{len(skipped)} files could not be decoded as images; see the list below."))
+    return banners
+
+
+def audit_context(result: Mapping) -> dict:
+    """Build the flat template context of an audit.
+
+    Args:
+        result: the dict :func:`suite.audit.audit` returns (or ``audit.json`` read back).
+
+    Returns:
+        A dict of strings, numbers, booleans, lists and dicts for ``audit.html.j2``.
+    """
+    dataset = _as_dict(result.get("dataset"))
+    root = pathlib.Path(str(dataset.get("root") or "."))
+    labels = [str(label) for label in _as_list(dataset.get("labels"))]
+    counts = _as_dict(result.get("counts"))
+    table = class_count_table(_as_dict(counts.get("images_by_split_class")), labels,
+                              _as_dict(dataset.get("class_folders")))
+    leak = _as_dict(result.get("leakage"))
+    settings = _as_dict(result.get("settings"))
+    return {
+        "dataset_name": str(dataset.get("name") or ""),
+        "dataset_root": str(dataset.get("root") or ""),
+        "layout": str(dataset.get("layout") or ""),
+        "created": str(result.get("created") or ""),
+        "banners": _banners(result),
+        "headline": _headline(result),
+        "leakage_applicable": bool(leak.get("applicable")),
+        "leakage_note": str(leak.get("note") or ""),
+        "by_class": [{"label": str(label), "test": fmt_int(v.get("test")),
+                      "exact": fmt_int(v.get("exact")), "exact_pct": _pct(v.get("exact"), v.get("test")),
+                      "near": fmt_int(v.get("near")), "near_pct": _pct(v.get("near"), v.get("test"))}
+                     for label, v in _as_dict(result.get("cross_split_by_class")).items()],
+        "n_files": fmt_int(counts.get("files")),
+        "n_images": fmt_int(counts.get("images")),
+        "class_counts": table,
+        "dup_splits": table["splits"],
+        "dup_rows": _duplicate_rows(result, table["splits"]),
+        "near_candidates": fmt_int(_as_dict(result.get("near")).get("candidates")),
+        "clusters": {k: fmt_int(v) for k, v in _as_dict(result.get("clusters")).items()},
+        "histograms": _histograms(_as_dict(result.get("headers"))),
+        "skipped": [{"path": str(s.get("path") or ""), "split": str(s.get("split") or ""),
+                     "label": str(s.get("label") or ""), "reason": str(s.get("reason") or "")}
+                    for s in _as_list(result.get("skipped"))],
+        "sections": _example_sections(_as_dict(result.get("examples")), root),
+        "settings": [{"key": str(k), "value": fmt_value(v)} for k, v in settings.items()],
+        "timings": [{"key": str(k).removesuffix("_s"), "value": fmt_seconds(v)}
+                    for k, v in _as_dict(result.get("timings")).items()],
+        "cache_hit": fmt_value(result.get("cache_hit")),
+    }
+
+
+def render_audit(result: Mapping) -> str:
+    """The complete ``audit.html`` document for an audit result."""
+    return _environment().get_template("audit.html.j2").render(**audit_context(result))

@@ -1,0 +1,271 @@
+"""`suite tune`: a Keras Tuner search over the tiny data, its record, resume, CV scoring and the fast path."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from suite.cli import main
+from suite.errors import SuiteError
+from suite.search_space import DEFAULT_SPACE, SearchSpace, load_space
+from suite.tune import TUNER_NAMES, TuneSettings, plan_space
+
+TINY_ARGS = ["--backbone", "mobilenetv2", "--image-size", "32", "--epochs", "1", "--weights", "none", "--quiet"]
+
+
+def tune_cli(*args) -> tuple[int, Path | None, str]:
+    """Run ``suite tune`` in this process: exit status, the folder it printed, what it logged."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["tune", *map(str, args)])
+    lines = out.getvalue().strip().splitlines()
+    return status, (Path(lines[-1]) if lines else None), err.getvalue()
+
+
+def read(folder: Path, name: str = "tuning.json") -> dict:
+    return json.loads((folder / name).read_text(encoding="utf-8"))
+
+
+def trial_files(folder: Path) -> dict[str, dict[str, int]]:
+    """``{trial_id: {file name: mtime_ns}}`` of every file Keras Tuner and the suite keep per trial."""
+    return {d.name.removeprefix("trial_"): {f.name: f.stat().st_mtime_ns for f in d.iterdir()}
+            for d in sorted((folder / "keras_tuner").glob("trial_*"))}
+
+
+# ----------------------------------------------------------------------------------
+# Searches shared by several tests (each runs once per module)
+# ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def full_search(tiny_data, tmp_path_factory) -> Path:
+    """The full path: every trial builds and trains the whole model; fine-tuning is searched."""
+    out = tmp_path_factory.mktemp("tune-full")
+    status, folder, log = tune_cli("--data", tiny_data, "--out", out, *TINY_ARGS, "--tuner", "random",
+                                   "--max-trials", 3, "--batch-size", 8)
+    assert status == 0, log
+    assert folder.parent == out
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toml_search(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """A space file that fixes the batch size, narrows the learning rate and offers a dropout that fails."""
+    root = tmp_path_factory.mktemp("tune-toml")
+    space = root / "space.toml"
+    space.write_text('[batch_size]\nvalue = 8\n\n[learning_rate]\nmin = 1e-3\nmax = 1e-2\nsampling = "log"\n\n'
+                     '[dropout]\nvalues = [0.2, 1.5]\n', encoding="utf-8")
+    status, folder, log = tune_cli("--data", tiny_data, "--out", root / "runs", *TINY_ARGS, "--finetune", "head",
+                                   "--space", space, "--max-trials", 3, "--compare-default")
+    assert status == 0, log
+    return folder, log
+
+
+@pytest.fixture(scope="module")
+def resumed_search(tiny_data, tmp_path_factory) -> dict:
+    """Fast path, scored by 2-fold CV: 2 trials, then resumed to 3."""
+    out = tmp_path_factory.mktemp("tune-resume")
+    common = ["--data", tiny_data, *TINY_ARGS, "--finetune", "head", "--cv", 2]
+    status, folder, log = tune_cli(*common, "--out", out, "--max-trials", 2)
+    assert status == 0, log
+    first = read(folder)
+    before = trial_files(folder)
+    cache_meta = Path(first["embeddings"]["path"]) / "meta.json"
+    cache_mtime = cache_meta.stat().st_mtime_ns
+    status, again, log2 = tune_cli(*common, "--out", out, "--resume", folder, "--max-trials", 3)
+    assert status == 0, log2
+    assert again == folder
+    return {"folder": folder, "first": first, "second": read(folder), "before": before,
+            "after": trial_files(folder), "cache_meta": cache_meta, "cache_mtime": cache_mtime, "log": log2}
+
+
+# ----------------------------------------------------------------------------------
+# The record
+# ----------------------------------------------------------------------------------
+
+
+def test_search_writes_tuning_json_and_report(full_search):
+    tuning = read(full_search)
+    assert full_search.name.endswith("-tune-mobilenetv2")
+    assert tuning["status"] == "completed" and tuning["tuner"] == "random"
+    assert tuning["objective"] == "val_accuracy" and tuning["fast_path"] is False
+    trials = tuning["trials"]
+    assert len(trials) == 3 and len({t["trial_id"] for t in trials}) == 3
+    done = [t for t in trials if t["status"] == "COMPLETED"]
+    assert done, trials
+    assert tuning["best"]["score"] == max(t["score"] for t in done)
+    assert tuning["best"]["trial_id"] in {t["trial_id"] for t in done}
+    assert tuning["test_metrics"]["n_test"] == 16 and 0 <= tuning["test_metrics"]["accuracy"] <= 1
+    assert tuning["data_fingerprint"] and tuning["backbone"] == "mobilenetv2"
+    report = (full_search / "report.html").read_text(encoding="utf-8")
+    assert "Best settings" in report and all(f">{t['trial_id']}<" in report for t in trials)
+    assert not list(full_search.glob(".*.tmp"))
+
+
+def test_best_settings_are_retrained_as_a_normal_run(full_search):
+    tuning = read(full_search)
+    run_dir = full_search / tuning["best_run"]["run_dir"]
+    manifest = read(run_dir, "manifest.json")
+    assert manifest["status"] == "completed"
+    for name, value in tuning["best"]["hyperparameters"].items():
+        assert manifest["config"][name] == value, name
+    assert (run_dir / "model.keras").is_file() and (run_dir / "report.html").is_file()
+    assert read(run_dir, "metrics.json")["accuracy"] == tuning["test_metrics"]["accuracy"]
+
+
+def test_a_run_flag_fixes_its_setting(full_search):
+    tuning = read(full_search)
+    assert tuning["space"]["batch_size"] == {"value": 8}
+    assert {t["hyperparameters"]["batch_size"] for t in tuning["trials"]} == {8}
+
+
+def test_space_file_is_respected_in_every_trial(toml_search):
+    tuning = read(toml_search[0])
+    assert tuning["space"]["dropout"] == {"values": [0.2, 1.5]}
+    for trial in tuning["trials"]:
+        values = trial["hyperparameters"]
+        assert values["batch_size"] == 8
+        assert 1e-3 <= values["learning_rate"] <= 1e-2
+        assert values["dropout"] in (0.2, 1.5)
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(toml_search):
+    folder, log = toml_search
+    tuning = read(folder)
+    trials = sorted(tuning["trials"], key=lambda t: int(t["trial_id"]))
+    assert len(trials) == 3
+    failed = [t for t in trials if t["status"] == "FAILED"]
+    assert failed and all(t["hyperparameters"]["dropout"] == 1.5 for t in failed)
+    assert all("dropout must be in [0, 1)" in t["error"] and t["score"] is None for t in failed)
+    completed = [t for t in trials if t["status"] == "COMPLETED"]
+    assert completed and all(t["hyperparameters"]["dropout"] == 0.2 for t in completed)
+    assert int(failed[0]["trial_id"]) < max(int(t["trial_id"]) for t in completed), "search went on"
+    assert tuning["status"] == "completed" and tuning["test_metrics"] is not None
+    assert "dropout must be in [0, 1)" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_best_is_compared_with_the_default_settings(toml_search):
+    folder, _ = toml_search
+    tuning = read(folder)
+    assert tuning["default_test_metrics"]["n_test"] == 16
+    assert tuning["default_hyperparameters"]["dropout"] == 0.5  # the reference recipe's
+    assert read(folder / tuning["default_run"]["run_dir"], "manifest.json")["status"] == "completed"
+    assert "Best versus default settings" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------
+# Resume, cross-validated scoring, the fast path
+# ----------------------------------------------------------------------------------
+
+
+def test_resume_runs_only_the_missing_trials(resumed_search):
+    before, after = resumed_search["before"], resumed_search["after"]
+    assert len(before) == 2 and len(after) == 3
+    for trial_id, files in before.items():
+        assert after[trial_id] == files, f"trial {trial_id} was rewritten"
+    ids = [t["trial_id"] for t in resumed_search["second"]["trials"]]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
+    assert {t["trial_id"] for t in resumed_search["first"]["trials"]} <= set(ids)
+    assert "resuming: 2 trial(s) on record" in resumed_search["log"]
+
+
+def test_resume_refuses_changed_settings(resumed_search, tiny_data):
+    status, _, log = tune_cli("--data", tiny_data, *TINY_ARGS, "--finetune", "head", "--cv", 2,
+                              "--objective", "val_macro_f1", "--resume", resumed_search["folder"])
+    assert status == 2 and "settings differ" in log and "objective" in log
+
+
+def test_cv_scores_a_trial_by_the_mean_of_its_folds(resumed_search):
+    tuning = resumed_search["second"]
+    assert tuning["cv"] == 2
+    for trial in tuning["trials"]:
+        assert trial["status"] == "COMPLETED"
+        assert len(trial["fold_scores"]) == 2
+        assert trial["score"] == pytest.approx(np.mean(trial["fold_scores"]))
+
+
+def test_fast_path_caches_embeddings_and_trains_only_the_head(resumed_search):
+    first, second = resumed_search["first"], resumed_search["second"]
+    assert first["fast_path"] and second["fast_path"]
+    assert second["embeddings"]["cache_hit"] is True
+    assert second["embeddings"]["key"] == first["embeddings"]["key"]
+    assert resumed_search["cache_meta"].stat().st_mtime_ns == resumed_search["cache_mtime"]
+    assert "embeddings: cache hit" in resumed_search["log"]
+    width, n_classes = second["embeddings"]["width"], len(second["labels"])
+    for trial in second["trials"]:
+        assert trial["params"] == (width + 1) * n_classes, "a trial model holds more than the head"
+        assert trial["hyperparameters"]["augment"] == "none"
+    assert any("augmentation" in note for note in second["notes"])
+    best = read(resumed_search["folder"] / second["best_run"]["run_dir"], "manifest.json")
+    assert best["status"] == "completed" and best["params"] > 100 * (width + 1) * n_classes  # a full model
+
+
+@pytest.mark.parametrize("tuner", [t for t in TUNER_NAMES if t != "random"])
+def test_every_oracle_runs_trials(tuner, tiny_data, tmp_path):
+    """Bayesian and Hyperband through the same tuner (random is the CLI tests' oracle)."""
+    from suite.pipeline import prepare
+    from suite.tune import HeadTrials, collect_trials, run_search
+
+    prepared = prepare({"data": str(tiny_data), "backbone": "mobilenetv2", "image_size": 32, "epochs": 2,
+                        "weights": "none", "finetune": "head", "batch_size": 8}, progress=False, log=lambda m: None)
+    settings = TuneSettings(tuner=tuner, max_trials=2, objective="val_macro_f1")
+    space, fast, _ = plan_space(settings, {"finetune": "head", "batch_size": 8})
+    runner = HeadTrials(prepared, settings.objective, None, space.names, log=lambda m: None)
+    tuner_obj, stopped = run_search(tmp_path, settings, space, prepared.config, runner, lambda m: None)
+    trials = collect_trials(tuner_obj.oracle, tmp_path, settings.objective)
+    assert fast and stopped is None
+    assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials)
+    assert all(0 <= t["score"] <= 1 for t in trials)
+
+
+# ----------------------------------------------------------------------------------
+# The search space and the plan (no training)
+# ----------------------------------------------------------------------------------
+
+
+def test_space_file_overrides_and_fixes(tmp_path):
+    path = tmp_path / "space.toml"
+    path.write_text('[learning_rate]\nmin = 1e-4\nmax = 1e-2\nsampling = "log"\n[finetune]\nvalues = ["head", '
+                    '"top:20"]\n[augment]\nvalue = "none"\n', encoding="utf-8")
+    space = load_space(path)
+    assert space["finetune"].values == ("head", "top:20") and space.fixed("augment") == "none"
+    assert space["dropout"] == DEFAULT_SPACE["dropout"]
+    hp = space.to_hyperparameters()
+    assert {p.name for p in hp.space} == set(space.names)
+    assert hp.values["augment"] == "none"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[momentum]\nvalue = 0.9\n', "searchable settings: learning_rate"),
+    ('[finetune]\nmin = 1\nmax = 2\n', "unknown key"),
+    ('[dropout]\nvalues = ["x"]\n', "expected float"),
+    ('[learning_rate]\nmin = 0.0\nmax = 1e-2\nsampling = "log"\n', "needs min > 0"),
+    ('[batch_size]\nmin = 64\nmax = 16\n', "min must be below max"),
+    ('[dropout\n', "cannot read"),
+])
+def test_bad_space_files_say_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "space.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        load_space(path)
+
+
+def test_fast_path_fixes_augmentation_and_refuses_light(tmp_path):
+    space, fast, notes = plan_space(TuneSettings(), {"finetune": "head"})
+    assert fast and space.fixed("augment") == "none" and notes
+    space, fast, _ = plan_space(TuneSettings(fast_path=False), {"finetune": "head"})
+    assert not fast and space.fixed("augment") is None
+    assert plan_space(TuneSettings(), {})[1] is False  # fine-tuning searched: no fast path
+    with pytest.raises(SuiteError, match="--no-fast-path"):
+        plan_space(TuneSettings(), {"finetune": "head", "augment": "light"})
+
+
+def test_search_space_is_declared_once():
+    assert isinstance(DEFAULT_SPACE, SearchSpace)
+    assert set(DEFAULT_SPACE.names) == {"learning_rate", "dropout", "finetune", "augment", "batch_size"}
+    assert DEFAULT_SPACE.fix("batch_size", 16).fixed("batch_size") == 16
