@@ -25,7 +25,9 @@ CV_FILE = "cv.json"
 OFFICIAL_TEST = "official_test_metrics.json"
 
 
-def fold_splits(labels: np.ndarray, pool: np.ndarray, k: int, *, val_fraction: float, seed: int) -> list[Split]:
+def fold_splits(
+    labels: np.ndarray, pool: np.ndarray, k: int, *, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> list[Split]:
     """K stratified, seeded, disjoint folds of ``pool``; each held-out fold is that split's test set.
 
     Args:
@@ -34,17 +36,27 @@ def fold_splits(labels: np.ndarray, pool: np.ndarray, k: int, *, val_fraction: f
         k: number of folds.
         val_fraction: share of the remaining rows held out for validation (checkpointing).
         seed: the same seed gives the same folds.
+        groups: duplicate-cluster ids; when given, a cluster never straddles folds (nor
+            a fold's train/validation parts).
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from suite.data.splits import grouped_holdout
 
     smallest = np.bincount(np.unique(labels[pool], return_inverse=True)[1]).min()
     if smallest < k:
         raise SuiteError(f"{k} folds need at least {k} images per class; the smallest class has {smallest}")
     rng = np.random.default_rng(seed)
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(pool, labels[pool])
+    if groups is None:
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(pool, labels[pool])
+    else:
+        folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(
+            pool, labels[pool], groups[pool])
     splits = []
     for rest, held in folds:
-        train, val = stratified_holdout(labels, pool[rest], val_fraction, rng, "validation")
+        if groups is None:
+            train, val = stratified_holdout(labels, pool[rest], val_fraction, rng, "validation")
+        else:
+            train, val = grouped_holdout(labels, pool[rest], groups, val_fraction, rng, "validation")
         splits.append(Split(train=train, val=val, test=np.sort(pool[held])))
     return splits
 
@@ -100,7 +112,10 @@ def cross_validate(
     labels = np.array([e.label for e in data.entries])
     official_test = data.split.test if data.index.layout == "split" else np.array([], dtype=int)
     pool = np.setdiff1d(np.arange(len(labels)), official_test)
-    splits = fold_splits(labels, pool, folds, val_fraction=config.val_fraction, seed=config.seed)
+    groups = data.cluster if config.dedup == "group" else None
+    if groups is not None:  # training twins of official test images leave the pool
+        pool = pool[~np.isin(groups[pool], groups[official_test])]
+    splits = fold_splits(labels, pool, folds, val_fraction=config.val_fraction, seed=config.seed, groups=groups)
     cv_dir = _cv_folder(resume, config, prepared.spec.name)
     plan = _plan(cv_dir, config, data, folds, resume is not None)
     write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))  # a killed CV can resume from here on

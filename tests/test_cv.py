@@ -103,3 +103,11 @@ def test_killed_cv_resumes_at_the_first_unfinished_fold(tiny_data, tmp_path):
     assert "accuracy" in cv["official_test"]["mean"]
     assert len({f["split_fingerprint"] for f in cv["folds"]}) == 2
     assert (cv_dir / "report.html").is_file()
+
+
+def test_grouped_folds_keep_duplicate_clusters_together():
+    labels = _labels()
+    groups = np.arange(36) // 2  # pairs of duplicates (same class)
+    for s in fold_splits(labels, np.arange(36), 3, val_fraction=0.2, seed=1, groups=groups):
+        parts = [set(groups[p].tolist()) for p in (s.train, s.val, s.test)]
+        assert not (parts[0] & parts[2]) and not (parts[1] & parts[2]) and not (parts[0] & parts[1])
