@@ -6,8 +6,9 @@ then a bias field and Rician noise. The four classes differ only by a lesion who
 *local appearance* (shape, texture, oedema, attachment to the skull, size) gives the
 class away; its position is fixed in head coordinates, and the head is freely
 rotated, scaled, shifted and mirrored, so a linear model on raw pixels does poorly
-while a small CNN learns it quickly. Small bright blobs in every class keep simple
-intensity statistics from telling the classes apart.
+(about 0.4 accuracy) while a CNN can learn the lesions' look. Small bright blobs in
+every class keep simple intensity statistics from telling the classes apart.
+``benchmarks/phantom_learnability.py`` measures both.
 
 Geometry is computed in *head coordinates* ``(u, v)``: the head outline is roughly the
 unit circle, ``v`` points to the top of the head and the skull base (with the sella
@@ -45,8 +46,6 @@ DESCRIPTION = (
     "and must not be used to judge clinical performance."
 )
 _REF_SIZE = 128  # pixel-valued parameters are given for 128 px and scaled from it
-
-
 _ANGLES = np.linspace(-np.pi, np.pi, 1025)  # where periodic profiles are tabulated
 
 
@@ -601,9 +600,10 @@ def _render_all(root: Path, counts, size, seed, workers, progress) -> None:
         for label in CLASSES:
             (root / split / label).mkdir(parents=True)
             jobs += [(split, label, i) for i in range(n)]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 16 or 1))
-    chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
+    workers = max(1, workers or os.cpu_count() or 1)
+    chunk = max(1, min(64, -(-len(jobs) // (workers * 8))))  # ~8 chunks per worker
     tasks = [(str(root), seed, size, jobs[i : i + chunk]) for i in range(0, len(jobs), chunk)]
+    workers = min(workers, len(tasks))
     bar = _progress_bar(len(jobs), progress)
     try:
         if workers == 1:
