@@ -909,11 +909,11 @@ def write_index(out_dir) -> pathlib.Path:
 
 
 def write_any_report(path) -> pathlib.Path:
-    """Write the report a folder calls for: a comparison's or a run's.
+    """Write the report a folder calls for: a comparison's, a tuning search's or a run's.
 
     Args:
-        path: a comparison folder (has ``comparison.json``) or a run or evaluation
-            folder (has ``manifest.json``).
+        path: a comparison folder (has ``comparison.json``), a tuning folder (has
+            ``tuning.json``) or a run or evaluation folder (has ``manifest.json``).
 
     Returns:
         The path of the written ``report.html``.
@@ -924,6 +924,10 @@ def write_any_report(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if (path / COMPARISON_NAME).is_file():
         return write_comparison_report(path)
+    if (path / "tuning.json").is_file():
+        from reports.tuning import write_tuning_report
+
+        return write_tuning_report(path)
     if (path / MANIFEST_NAME).is_file():
         return write_run_report(path)
     what = "is not a folder" if not path.is_dir() else f"has neither {COMPARISON_NAME} nor {MANIFEST_NAME}"

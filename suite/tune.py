@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import gc
 import json
 import os
@@ -39,7 +40,9 @@ from suite.io import read_json, write_json_atomic
 from suite.search_space import DEFAULT_SPACE, SearchSpace
 
 OBJECTIVES = ("val_accuracy", "val_macro_f1")
-TUNER_NAMES = ("random", "bayesian", "hyperband")  # Keras Tuner's oracles, see make_oracle
+# --tuner NAME -> the Keras Tuner oracle class (in keras_tuner.oracles) that picks the trials.
+ORACLES = {"random": "RandomSearchOracle", "bayesian": "BayesianOptimizationOracle", "hyperband": "HyperbandOracle"}
+TUNER_NAMES = tuple(ORACLES)
 TUNING_FILE = "tuning.json"
 SEARCH_FILE = "search.json"  # what a resumed search must match
 TRIAL_FILE = "suite_trial.json"  # per trial, beside Keras Tuner's trial.json
@@ -140,7 +143,7 @@ def tune(
     folder = tuning_folder(flags, prepared.config, settings, role)
     identity = search_identity(prepared, settings, space, fast)
     if role != "worker":
-        _check_or_write_search(folder, identity, settings, role)
+        _check_or_write_search(folder, identity, settings.max_trials)
     for note in notes:
         log(f"note: {note}")
     runner = (HeadTrials if fast else ImageTrials)(prepared, settings.objective, settings.cv, space.names, log=log)
@@ -237,7 +240,8 @@ def search_identity(prepared, settings: TuneSettings, space: SearchSpace, fast: 
     return json.loads(json.dumps(identity, default=str))  # tuples -> lists, as read back
 
 
-def _check_or_write_search(folder: Path, identity: dict, settings: TuneSettings, role: str) -> None:
+def _check_or_write_search(folder: Path, identity: dict, max_trials: int) -> None:
+    """Record what the search is; a folder that holds one already must hold this one."""
     path = folder / SEARCH_FILE
     if path.is_file():  # resuming, or a restarted chief
         old = read_json(path)
@@ -246,7 +250,7 @@ def _check_or_write_search(folder: Path, identity: dict, settings: TuneSettings,
         if changed:
             raise SuiteError(f"cannot resume {folder}: settings differ from the original search "
                              f"(only --max-trials may change): {json.dumps(changed)}")
-    write_json_atomic(path, {**identity, "max_trials": settings.max_trials, "updated": _now()})
+    write_json_atomic(path, {**identity, "max_trials": max_trials, "updated": _now()})
 
 
 def _read_previous(folder: Path) -> dict | None:
@@ -275,17 +279,17 @@ def make_oracle(settings: TuneSettings, space: SearchSpace, config):
         seed=config.seed + 1,  # Keras Tuner takes seed 0 for "no seed"
         max_consecutive_failed_trials=settings.max_consecutive_failures,
     )
-    if settings.tuner == "hyperband":
-        # No iteration cap: max_trials ends the search, as it does for the other oracles.
-        oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=config.epochs, factor=3,
-                                                     hyperband_iterations=None, **common)
-        oracle.max_trials = settings.max_trials
-        return oracle
-    cls = {"random": keras_tuner.oracles.RandomSearchOracle,
-           "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}[settings.tuner]
-    return cls(max_trials=settings.max_trials, **common)
+    cls = getattr(keras_tuner.oracles, ORACLES[settings.tuner])
+    if settings.tuner != "hyperband":
+        return cls(max_trials=settings.max_trials, **common)
+    # Hyperband takes no max_trials; without an iteration cap, the base Oracle's max_trials
+    # ends the search as it does for the others. Its largest budget is the run's epochs.
+    oracle = cls(max_epochs=config.epochs, factor=3, hyperband_iterations=None, **common)
+    oracle.max_trials = settings.max_trials
+    return oracle
 
 
+@functools.cache
 def _tuner_class():
     import keras_tuner
 
@@ -317,15 +321,34 @@ def run_search(folder, settings, space, config, runner, log) -> tuple[Any, str |
     if done:
         log(f"resuming: {done} trial(s) on record, {settings.max_trials} in all")
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _frozen_heap():
             tuner.search(verbose=0)
     except RuntimeError as exc:
+        # Keras Tuner's max_consecutive_failed_trials. It raises before saving that last trial's
+        # end, so a resumed search retries it once; the record here holds it as failed.
         if "consecutive failures" not in str(exc):
             raise
         reason = str(exc).splitlines()[0]
         log(f"search stopped: {reason}")
         return tuner, reason
     return tuner, None
+
+
+@contextlib.contextmanager
+def _frozen_heap():
+    """Keep what exists before the search out of every trial's garbage collection.
+
+    Each trial starts with ``gc.collect()`` so that memory does not grow from trial to
+    trial; with TensorFlow loaded a full collection walks a large heap (about half a second,
+    as long as a whole fast-path trial). Freezing the objects alive now (modules, the data)
+    leaves each collection only what the trials made.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 # ----------------------------------------------------------------------------------
@@ -350,7 +373,8 @@ class TrialRunner:
 
     def __init__(self, prepared, objective: str, cv: int | None, searched, *, log=_log):
         self.prepared, self.objective, self.cv, self.searched, self.log = prepared, objective, cv, set(searched), log
-        self.folds_ = trial_folds(prepared.data, cv, prepared.config.seed)
+        self.folds_ = trial_folds(prepared.data, cv, prepared.config.seed,
+                                  grouped=prepared.config.dedup == "group")
         self.n_classes_ = len(prepared.data.labels)
 
     def trial_config(self, values: Mapping[str, Any]):
@@ -370,7 +394,11 @@ class TrialRunner:
             config = self.trial_config(values)
             for k, (train_rows, val_rows) in enumerate(self.folds_):
                 name = "history.csv" if len(self.folds_) == 1 else f"history_fold{k}.csv"
-                record["fold_scores"].append(self._fit_fold(config, train_rows, val_rows, trial_dir / name))
+                # Every trial starts from an empty Keras session, garbage collected, so memory does
+                # not grow from trial to trial; between folds clearing the session is enough.
+                _clear_session(collect=k == 0)
+                score, record["params"] = self._fit_fold(config, train_rows, val_rows, trial_dir / name)
+                record["fold_scores"].append(score)
             score = float(np.mean(record["fold_scores"]))
             record.update(status="COMPLETED", score=score)
             self.log(f"trial {trial_id}: {_values_text(values)} -> {self.objective} {score:.4f}"
@@ -388,28 +416,21 @@ class TrialRunner:
             record["rss_mb"] = _rss_mb()
             write_json_atomic(trial_dir / TRIAL_FILE, record)
 
-    def _fit_fold(self, config, train_rows, val_rows, history_path: Path) -> float:
+    def _fit_fold(self, config, train_rows, val_rows, history_path: Path) -> tuple[float, int]:
+        """The fold's best-epoch objective, and the trained model's parameter count."""
         import keras
 
         from suite.model import precision_scope
         from suite.train import HistoryCSV, ValidationMacroF1, fit, schedule_callbacks
 
-        # Each trial and fold starts from an empty Keras session: memory does not grow with trials.
-        keras.backend.clear_session()
-        gc.collect()
-        try:
-            with precision_scope(config.precision):
-                keras.utils.set_random_seed(config.seed)
-                model, train, val = self.fold_model_and_data(config, train_rows, val_rows)
-                f1 = ValidationMacroF1(val[0], val[1], config.batch_size)
-                callbacks = ([f1] if self.objective == "val_macro_f1" else []) + schedule_callbacks(config)
-                history = fit(model, config, train, val, callbacks + [HistoryCSV(history_path)], verbose=0)
-            per_epoch = f1.scores_ if self.objective == "val_macro_f1" else history.history["val_accuracy"]
-            return float(np.max(per_epoch))
-        finally:
-            model = train = val = None
-            keras.backend.clear_session()
-            gc.collect()
+        with precision_scope(config.precision):
+            keras.utils.set_random_seed(config.seed)
+            model, train, val = self.fold_model_and_data(config, train_rows, val_rows)
+            f1 = ValidationMacroF1(val[0], val[1], config.batch_size)
+            callbacks = ([f1] if self.objective == "val_macro_f1" else []) + schedule_callbacks(config)
+            history = fit(model, config, train, val, callbacks + [HistoryCSV(history_path)], verbose=0)
+        per_epoch = f1.scores_ if self.objective == "val_macro_f1" else history.history["val_accuracy"]
+        return float(np.max(per_epoch)), int(model.count_params())
 
     def fold_model_and_data(self, config, train_rows, val_rows):
         """``(compiled model, (x_train, y_train), (x_val, y_val))`` for one fold."""
@@ -462,25 +483,47 @@ class HeadTrials(TrialRunner):
         return self.embeddings_.describe() if self.embeddings_ is not None else None
 
 
-def trial_folds(data, cv: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def trial_folds(data, cv: int | None, seed: int, *, grouped: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[(train_rows, val_rows)]``: the run's train/validation split, or K stratified folds of their union.
 
     The test split is never among them.
+
+    Args:
+        data: the prepared data.
+        cv: K, or ``None`` for the run's own split.
+        seed: seeds the folds (``StratifiedKFold(shuffle=True, random_state=seed)``).
+        grouped: keep each duplicate cluster inside one fold (``--dedup group``), as ``suite cv`` does.
 
     Raises:
         SuiteError: a class with fewer images than folds.
     """
     if cv is None:
         return [(data.split.train, data.split.val)]
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     pool = np.union1d(data.split.train, data.split.val)
     smallest = int(np.bincount(data.y[pool]).min())
     if smallest < cv:
         raise SuiteError(f"--cv {cv} needs at least {cv} training images per class; the smallest class has "
                          f"{smallest}")
-    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(pool, data.y[pool])
+    clusters = getattr(data, "cluster", None)
+    if grouped and clusters is not None:
+        folds = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed).split(
+            pool, data.y[pool], clusters[pool])
+    else:
+        folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(pool, data.y[pool])
     return [(pool[train], pool[held]) for train, held in folds]
+
+
+def _clear_session(collect: bool) -> None:
+    """``keras.backend.clear_session``; with ``collect`` it also runs ``gc.collect()``.
+
+    A collection walks the whole heap (about half a second with TensorFlow loaded), so it
+    runs once per trial rather than per fold.
+    """
+    import keras
+
+    keras.backend.clear_session(free_memory=collect)  # free_memory=True is gc.collect()
 
 
 def _images(data, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -525,6 +568,7 @@ def collect_trials(oracle, folder: Path, objective: str) -> list[dict]:
             "seconds": own.get("seconds"),
             "rss_mb": own.get("rss_mb"),
             "tuner_id": own.get("tuner_id"),
+            "params": own.get("params"),
         })
     return trials
 
@@ -578,10 +622,12 @@ def _retrain(prepared, space: SearchSpace, tuning: dict, previous: dict | None, 
     out["best_run"], out["test_metrics"] = _train_run(prepared, values, "best", f"trial {best['trial_id']}",
                                                       old, folder, log)
     if settings.compare_default:
+        # The reference recipe's values, except what the search itself was told to keep fixed.
+        fixed = {p.name: p.fixed for p in space.params if p.fixed is not None}
         old = (previous or {}).get("default_run")
-        out["default_run"], out["default_test_metrics"] = _train_run(prepared, {}, "default", "defaults",
+        out["default_run"], out["default_test_metrics"] = _train_run(prepared, fixed, "default", "defaults",
                                                                      old, folder, log)
-        out["default_hyperparameters"] = {k: getattr(prepared.config, k) for k in space.names}
+        out["default_hyperparameters"] = {k: fixed.get(k, getattr(prepared.config, k)) for k in space.names}
     out["status"] = "completed" if out["test_metrics"] is not None else "failed"
     return out
 

@@ -54,34 +54,28 @@ def full_search(tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def toml_search(tiny_data, tmp_path_factory) -> tuple[Path, str]:
-    """A space file that fixes the batch size, narrows the learning rate and offers a dropout that fails."""
-    root = tmp_path_factory.mktemp("tune-toml")
+def resumed_search(tiny_data, tmp_path_factory) -> dict:
+    """The fast path scored by validation macro-F1 over 2-fold CV, with a space file that fixes the
+    batch size, narrows the learning rate and offers a dropout that fails; 2 trials, then resumed to 3.
+    """
+    root = tmp_path_factory.mktemp("tune-resume")
     space = root / "space.toml"
     space.write_text('[batch_size]\nvalue = 8\n\n[learning_rate]\nmin = 1e-3\nmax = 1e-2\nsampling = "log"\n\n'
                      '[dropout]\nvalues = [0.2, 1.5]\n', encoding="utf-8")
-    status, folder, log = tune_cli("--data", tiny_data, "--out", root / "runs", *TINY_ARGS, "--finetune", "head",
-                                   "--space", space, "--max-trials", 3, "--compare-default")
-    assert status == 0, log
-    return folder, log
-
-
-@pytest.fixture(scope="module")
-def resumed_search(tiny_data, tmp_path_factory) -> dict:
-    """Fast path, scored by 2-fold CV: 2 trials, then resumed to 3."""
-    out = tmp_path_factory.mktemp("tune-resume")
-    common = ["--data", tiny_data, *TINY_ARGS, "--finetune", "head", "--cv", 2]
-    status, folder, log = tune_cli(*common, "--out", out, "--max-trials", 2)
+    common = ["--data", tiny_data, *TINY_ARGS, "--finetune", "head", "--cv", 2, "--space", space,
+              "--objective", "val_macro_f1", "--out", root / "runs"]
+    status, folder, log = tune_cli(*common, "--max-trials", 2)
     assert status == 0, log
     first = read(folder)
     before = trial_files(folder)
     cache_meta = Path(first["embeddings"]["path"]) / "meta.json"
     cache_mtime = cache_meta.stat().st_mtime_ns
-    status, again, log2 = tune_cli(*common, "--out", out, "--resume", folder, "--max-trials", 3)
+    status, again, log2 = tune_cli(*common, "--resume", folder, "--max-trials", 3)
     assert status == 0, log2
     assert again == folder
     return {"folder": folder, "first": first, "second": read(folder), "before": before,
-            "after": trial_files(folder), "cache_meta": cache_meta, "cache_mtime": cache_mtime, "log": log2}
+            "after": trial_files(folder), "cache_meta": cache_meta, "cache_mtime": cache_mtime,
+            "log": log + log2, "resume_log": log2}
 
 
 # ----------------------------------------------------------------------------------
@@ -124,8 +118,8 @@ def test_a_run_flag_fixes_its_setting(full_search):
     assert {t["hyperparameters"]["batch_size"] for t in tuning["trials"]} == {8}
 
 
-def test_space_file_is_respected_in_every_trial(toml_search):
-    tuning = read(toml_search[0])
+def test_space_file_is_respected_in_every_trial(resumed_search):
+    tuning = resumed_search["second"]
     assert tuning["space"]["dropout"] == {"values": [0.2, 1.5]}
     for trial in tuning["trials"]:
         values = trial["hyperparameters"]
@@ -134,11 +128,10 @@ def test_space_file_is_respected_in_every_trial(toml_search):
         assert values["dropout"] in (0.2, 1.5)
 
 
-def test_a_failing_trial_is_recorded_and_the_search_goes_on(toml_search):
-    folder, log = toml_search
-    tuning = read(folder)
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(resumed_search):
+    folder, tuning = resumed_search["folder"], resumed_search["first"]
     trials = sorted(tuning["trials"], key=lambda t: int(t["trial_id"]))
-    assert len(trials) == 3
+    assert len(trials) == 2
     failed = [t for t in trials if t["status"] == "FAILED"]
     assert failed and all(t["hyperparameters"]["dropout"] == 1.5 for t in failed)
     assert all("dropout must be in [0, 1)" in t["error"] and t["score"] is None for t in failed)
@@ -149,13 +142,18 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(toml_search):
     assert "dropout must be in [0, 1)" in (folder / "report.html").read_text(encoding="utf-8")
 
 
-def test_best_is_compared_with_the_default_settings(toml_search):
-    folder, _ = toml_search
-    tuning = read(folder)
-    assert tuning["default_test_metrics"]["n_test"] == 16
-    assert tuning["default_hyperparameters"]["dropout"] == 0.5  # the reference recipe's
-    assert read(folder / tuning["default_run"]["run_dir"], "manifest.json")["status"] == "completed"
-    assert "Best versus default settings" in (folder / "report.html").read_text(encoding="utf-8")
+def test_report_compares_best_with_default_and_escapes_text(full_search, tmp_path):
+    """The comparison section from a record that has default metrics (the distributed test makes one for real)."""
+    from reports.tuning import write_tuning_report
+
+    tuning = read(full_search)
+    tuning["default_test_metrics"] = {**tuning["test_metrics"], "accuracy": 0.125, "accuracy_ci": [0.0, 0.3]}
+    tuning["default_hyperparameters"] = {"learning_rate": 1e-3, "dropout": 0.5, "batch_size": 8}
+    tuning["trials"][0].update(status="FAILED", score=None, error="ValueError: <script>alert(1)</script>")
+    (tmp_path / "tuning.json").write_text(json.dumps(tuning), encoding="utf-8")
+    html = write_tuning_report(tmp_path).read_text(encoding="utf-8")
+    assert "Best versus default settings" in html and "0.125 [0.000, 0.300]" in html
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)" in html
 
 
 # ----------------------------------------------------------------------------------
@@ -171,22 +169,25 @@ def test_resume_runs_only_the_missing_trials(resumed_search):
     ids = [t["trial_id"] for t in resumed_search["second"]["trials"]]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
     assert {t["trial_id"] for t in resumed_search["first"]["trials"]} <= set(ids)
-    assert "resuming: 2 trial(s) on record" in resumed_search["log"]
+    assert "resuming: 2 trial(s) on record" in resumed_search["resume_log"]
 
 
 def test_resume_refuses_changed_settings(resumed_search, tiny_data):
     status, _, log = tune_cli("--data", tiny_data, *TINY_ARGS, "--finetune", "head", "--cv", 2,
-                              "--objective", "val_macro_f1", "--resume", resumed_search["folder"])
+                              "--objective", "val_accuracy", "--resume", resumed_search["folder"])
+    assert "space" in log  # no --space this time: the space differs too
     assert status == 2 and "settings differ" in log and "objective" in log
 
 
 def test_cv_scores_a_trial_by_the_mean_of_its_folds(resumed_search):
     tuning = resumed_search["second"]
-    assert tuning["cv"] == 2
-    for trial in tuning["trials"]:
-        assert trial["status"] == "COMPLETED"
+    assert tuning["cv"] == 2 and tuning["objective"] == "val_macro_f1"
+    completed = [t for t in tuning["trials"] if t["status"] == "COMPLETED"]
+    assert len(completed) >= 2
+    for trial in completed:
         assert len(trial["fold_scores"]) == 2
         assert trial["score"] == pytest.approx(np.mean(trial["fold_scores"]))
+        assert all(0 <= s <= 1 for s in trial["fold_scores"])
 
 
 def test_fast_path_caches_embeddings_and_trains_only_the_head(resumed_search):
@@ -195,32 +196,59 @@ def test_fast_path_caches_embeddings_and_trains_only_the_head(resumed_search):
     assert second["embeddings"]["cache_hit"] is True
     assert second["embeddings"]["key"] == first["embeddings"]["key"]
     assert resumed_search["cache_meta"].stat().st_mtime_ns == resumed_search["cache_mtime"]
-    assert "embeddings: cache hit" in resumed_search["log"]
+    assert "embeddings: cache hit" in resumed_search["resume_log"]
     width, n_classes = second["embeddings"]["width"], len(second["labels"])
     for trial in second["trials"]:
-        assert trial["params"] == (width + 1) * n_classes, "a trial model holds more than the head"
         assert trial["hyperparameters"]["augment"] == "none"
+        if trial["status"] == "COMPLETED":
+            assert trial["params"] == (width + 1) * n_classes, "a trial model holds more than the head"
     assert any("augmentation" in note for note in second["notes"])
     best = read(resumed_search["folder"] / second["best_run"]["run_dir"], "manifest.json")
     assert best["status"] == "completed" and best["params"] > 100 * (width + 1) * n_classes  # a full model
 
 
-@pytest.mark.parametrize("tuner", [t for t in TUNER_NAMES if t != "random"])
-def test_every_oracle_runs_trials(tuner, tiny_data, tmp_path):
-    """Bayesian and Hyperband through the same tuner (random is the CLI tests' oracle)."""
-    from suite.pipeline import prepare
-    from suite.tune import HeadTrials, collect_trials, run_search
+def test_cached_features_are_the_full_models_pooled_features(tiny_data):
+    """Same seed, same weights: the fast path's features are what the full model's head sees."""
+    import keras
 
-    prepared = prepare({"data": str(tiny_data), "backbone": "mobilenetv2", "image_size": 32, "epochs": 2,
-                        "weights": "none", "finetune": "head", "batch_size": 8}, progress=False, log=lambda m: None)
-    settings = TuneSettings(tuner=tuner, max_trials=2, objective="val_macro_f1")
-    space, fast, _ = plan_space(settings, {"finetune": "head", "batch_size": 8})
-    runner = HeadTrials(prepared, settings.objective, None, space.names, log=lambda m: None)
-    tuner_obj, stopped = run_search(tmp_path, settings, space, prepared.config, runner, lambda m: None)
+    from backbones import get_spec
+    from suite.model import build_feature_extractor, build_model
+    from suite.pipeline import prepare
+
+    prepared = prepare({"data": str(tiny_data), "backbone": "mobilenetv2", "image_size": 32, "weights": "none",
+                        "finetune": "head"}, progress=False, log=lambda m: None)
+    spec, config, x = get_spec("mobilenetv2"), prepared.config, prepared.data.arrays("val")[0]
+    keras.utils.set_random_seed(config.seed)
+    full = build_model(spec, config, 4, None)
+    pooled = keras.Model(full.inputs, full.get_layer("pool").output).predict(x, verbose=0)
+    keras.utils.set_random_seed(config.seed)
+    features = build_feature_extractor(spec, config, None).predict(x, verbose=0)
+    assert np.abs(pooled).max() > 0
+    np.testing.assert_allclose(features, pooled, rtol=1e-4, atol=0)
+
+
+class ScoreByLearningRate:
+    """A trial runner that trains nothing: the score peaks at a learning rate of 1e-3."""
+
+    def run(self, trial_id, values, trial_dir):
+        return {"val_accuracy": 1 - abs(np.log10(values["learning_rate"]) + 3) / 2}
+
+
+@pytest.mark.parametrize("tuner", TUNER_NAMES)
+def test_every_oracle_drives_the_suite_tuner(tuner, tmp_path):
+    from suite.config import RunConfig
+    from suite.tune import best_of, collect_trials, run_search
+
+    settings = TuneSettings(tuner=tuner, max_trials=4)
+    space, _, _ = plan_space(settings, {"finetune": "head", "batch_size": 8, "dropout": 0.2})
+    config = RunConfig(epochs=3, finetune="head")
+    tuner_obj, stopped = run_search(tmp_path, settings, space, config, ScoreByLearningRate(), lambda m: None)
     trials = collect_trials(tuner_obj.oracle, tmp_path, settings.objective)
-    assert fast and stopped is None
-    assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials)
-    assert all(0 <= t["score"] <= 1 for t in trials)
+    assert stopped is None and len(trials) == 4
+    assert all(t["status"] == "COMPLETED" for t in trials)
+    assert best_of(trials)["score"] == max(t["score"] for t in trials)
+    if tuner == "hyperband":
+        assert all(1 <= t["hyperparameters"]["tuner/epochs"] <= 3 for t in trials)
 
 
 # ----------------------------------------------------------------------------------
