@@ -56,7 +56,7 @@ def prepare(
         SuiteError: bad data or unavailable weights.
     """
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
-    index = discover(flags.get("data") or _phantom_root(log))
+    index = discover(flags.get("data") or _phantom_root(log, progress))
     config = resolve_config({**flags, "backbone": spec.name}, index.card, defaults)
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
@@ -132,12 +132,12 @@ def run(
     return execute(prepared, run_dir, log=log, raise_errors=raise_errors)
 
 
-def _phantom_root(log) -> Path:
+def _phantom_root(log, progress: bool) -> Path:
     from suite.data.phantom import default_phantom_dir, ensure_phantom
 
     if not default_phantom_dir().is_dir():
         log(f"no --data given: generating the synthetic phantom dataset into {default_phantom_dir()}")
-    return ensure_phantom()
+    return ensure_phantom(progress=progress)
 
 
 def _now() -> str:

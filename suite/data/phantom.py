@@ -587,6 +587,7 @@ def generate_phantom(
     try:
         _render_all(tmp, counts, size, seed, workers, progress)
         _write_metadata(tmp, counts, size, seed)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -644,7 +645,7 @@ def default_phantom_dir() -> Path:
     return cache_dir() / f"phantom-v{PHANTOM_VERSION}"
 
 
-def ensure_phantom(path=None) -> Path:
+def ensure_phantom(path=None, *, progress: bool = True) -> Path:
     """Return a ready phantom dataset, generating the default one on first use.
 
     Safe to call again and from several processes at once: an existing dataset is
@@ -652,6 +653,7 @@ def ensure_phantom(path=None) -> Path:
 
     Args:
         path: where the dataset lives; ``None`` for ``default_phantom_dir()``.
+        progress: show a progress bar while generating.
 
     Returns:
         The dataset folder.
@@ -663,7 +665,7 @@ def ensure_phantom(path=None) -> Path:
     if _is_phantom(path):
         return path
     try:
-        return generate_phantom(path)
+        return generate_phantom(path, progress=progress)
     except OSError:
         if _is_phantom(path):  # another process finished first
             return path
