@@ -26,7 +26,7 @@ from suite.data.cache import cache_dir
 from suite.io import read_json, write_json_atomic
 
 EMBEDDINGS_VERSION = 1  # bump when what a feature vector means changes
-PREDICT_CHUNK = 512  # images in memory at once while computing
+EMBED_BATCH = 64  # images per forward pass while computing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,15 +137,15 @@ def _compute_into(folder: Path, prepared, rows: np.ndarray, identity: dict) -> N
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        keras.backend.clear_session()
+        _clear_session_keeping_policy()
         keras.utils.set_random_seed(prepared.config.seed)  # as build_model does: same random backbone
         model = build_feature_extractor(prepared.spec, prepared.config, prepared.weights.argument)
         width = int(model.output_shape[-1])
         out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
                                         shape=(len(rows), width))
-        for s in range(0, len(rows), PREDICT_CHUNK):
-            chunk = np.ascontiguousarray(prepared.data.images[rows[s:s + PREDICT_CHUNK]])
-            out[s:s + len(chunk)] = model.predict(chunk, batch_size=64, verbose=0)
+        forward = _forward(model, (EMBED_BATCH, *prepared.data.images.shape[1:]))
+        for s, batch in _batches(prepared.data.images, rows, EMBED_BATCH):
+            out[s:s + EMBED_BATCH] = forward(batch)[:len(rows) - s]
         out.flush()
         del out, model
         np.save(tmp / "rows.npy", np.asarray(rows, dtype=np.int64))
@@ -157,7 +157,57 @@ def _compute_into(folder: Path, prepared, rows: np.ndarray, identity: dict) -> N
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        keras.backend.clear_session()
+        _clear_session_keeping_policy()
+
+
+def _forward(model, batch_shape: tuple):
+    """A function from one batch of uint8 images (of ``batch_shape``) to their features, as numpy.
+
+    On TensorFlow the model's weights are frozen into the traced graph as constants, so that
+    TensorFlow's graph optimiser folds the arithmetic on them (each batch normalisation's
+    scale and shift, for one) out of the per-image work: about a quarter less time per image
+    on a CPU, the same features to float rounding. Elsewhere, or should TensorFlow move its
+    converter, ``model.predict_on_batch``.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    except ImportError:
+        return model.predict_on_batch
+    traced = tf.function(lambda x: model(x, training=False))
+    frozen = convert_variables_to_constants_v2(traced.get_concrete_function(tf.TensorSpec(batch_shape, tf.uint8)))
+    return lambda batch: frozen(tf.constant(batch))[0].numpy()
+
+
+def _batches(images, rows: np.ndarray, size: int):
+    """``(start, images[rows[start:start + size]])``, the last batch padded with zeros to ``size``.
+
+    Every batch has one shape, so the forward pass is traced once; the batches are fed one by
+    one rather than by ``predict``, whose ``tf.data`` threads would compete with the model for
+    a small machine's cores.
+    """
+    for s in range(0, len(rows), size):
+        batch = images[rows[s:s + size]]
+        if len(batch) < size:
+            batch = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+        yield s, batch
+
+
+def _clear_session_keeping_policy() -> None:
+    """``keras.backend.clear_session()``, which also resets the dtype policy: put it back.
+
+    The features are computed (and keyed) under the policy in force.
+    """
+    import keras
+
+    policy = keras.config.dtype_policy()
+    keras.backend.clear_session()
+    keras.config.set_dtype_policy(policy)
 
 
 def read_meta(folder: Path) -> dict:

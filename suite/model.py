@@ -189,19 +189,24 @@ def build_feature_extractor(spec: BackboneSpec, config: RunConfig, weights: str 
     return keras.Model(inputs, x, name=f"{spec.name}_features")
 
 
-def build_head_model(n_features: int, config: RunConfig, n_classes: int):
+def build_head_model(n_features: int, config: RunConfig, n_classes: int, *, dropout=None):
     """The classifier head alone, on pooled backbone features, compiled.
 
     Args:
         n_features: width of the feature vectors.
         config: dropout, seed and learning rate.
         n_classes: width of the softmax.
+        dropout: a layer to use in place of the head's ``Dropout`` (``suite tune`` passes one
+            whose rate it can change between trials); default ``None``, Keras's own.
     """
     import keras
 
     inputs = keras.Input(shape=(n_features,), name="features", dtype="float32")
     x = inputs
-    for layer in classifier_head(config, n_classes):
+    layers = classifier_head(config, n_classes)
+    if dropout is not None:
+        layers[0] = dropout
+    for layer in layers:
         x = layer(x)
     # A step of this tiny model costs less than dispatching it: run several per call.
     return compile_classifier(keras.Model(inputs, x, name="head"), config,

@@ -8,8 +8,9 @@ tuning folder (trained and tested as ``suite run`` would) -> ``tuning.json`` + `
 
 Fast path: when fine-tuning is fixed to ``head`` the backbone is frozen in every trial, so
 its pooled features are computed once (``suite.embeddings``, cached on disk) and each
-trial trains only dropout + softmax on them. Augmentation cannot be searched then: the
-features are of un-augmented images.
+trial trains only dropout + softmax on them, all trials on one compiled head model that is
+reset to its initial state between them (``ReusableHead``). Augmentation cannot be searched
+then: the features are of un-augmented images.
 
 Distributed search is Keras Tuner's own: with ``KERASTUNER_TUNER_ID``,
 ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` set, the process whose tuner id
@@ -394,9 +395,7 @@ class TrialRunner:
             config = self.trial_config(values)
             for k, (train_rows, val_rows) in enumerate(self.folds_):
                 name = "history.csv" if len(self.folds_) == 1 else f"history_fold{k}.csv"
-                # Every trial starts from an empty Keras session, garbage collected, so memory does
-                # not grow from trial to trial; between folds clearing the session is enough.
-                _clear_session(collect=k == 0)
+                self.start_fold(k)
                 score, record["params"] = self._fit_fold(config, train_rows, val_rows, trial_dir / name)
                 record["fold_scores"].append(score)
             score = float(np.mean(record["fold_scores"]))
@@ -416,25 +415,39 @@ class TrialRunner:
             record["rss_mb"] = _rss_mb()
             write_json_atomic(trial_dir / TRIAL_FILE, record)
 
+    def start_fold(self, k: int) -> None:
+        """Before fold ``k`` of a trial: start from an empty Keras session.
+
+        Garbage collected before a trial's first fold, so memory does not grow from trial to
+        trial; between folds clearing the session is enough.
+        """
+        _clear_session(collect=k == 0)
+
     def _fit_fold(self, config, train_rows, val_rows, history_path: Path) -> tuple[float, int]:
         """The fold's best-epoch objective, and the trained model's parameter count."""
         import keras
 
         from suite.model import precision_scope
-        from suite.train import HistoryCSV, ValidationMacroF1, fit, schedule_callbacks
+        from suite.train import HistoryCSV, ValidationMacroF1, schedule_callbacks
 
         with precision_scope(config.precision):
             keras.utils.set_random_seed(config.seed)
             model, train, val = self.fold_model_and_data(config, train_rows, val_rows)
             f1 = ValidationMacroF1(val[0], val[1], config.batch_size)
             callbacks = ([f1] if self.objective == "val_macro_f1" else []) + schedule_callbacks(config)
-            history = fit(model, config, train, val, callbacks + [HistoryCSV(history_path)], verbose=0)
+            history = self.fit(model, config, train, val, callbacks + [HistoryCSV(history_path)])
         per_epoch = f1.scores_ if self.objective == "val_macro_f1" else history.history["val_accuracy"]
         return float(np.max(per_epoch)), int(model.count_params())
 
     def fold_model_and_data(self, config, train_rows, val_rows):
         """``(compiled model, (x_train, y_train), (x_val, y_val))`` for one fold."""
         raise NotImplementedError
+
+    def fit(self, model, config, train, val, callbacks):
+        """Train ``model`` on one fold as a run does (``suite.train.fit``); returns the Keras ``History``."""
+        from suite.train import fit
+
+        return fit(model, config, train, val, callbacks, verbose=0)
 
     def describe(self) -> dict | None:
         return None
@@ -452,13 +465,18 @@ class ImageTrials(TrialRunner):
 
 
 class HeadTrials(TrialRunner):
-    """Every trial trains only the head on the frozen backbone's cached features (the fast path)."""
+    """Every trial trains only the head on the frozen backbone's cached features (the fast path).
+
+    One compiled head (:class:`ReusableHead`) serves every trial and fold: building, compiling
+    and tracing a fresh one would cost several times the training itself.
+    """
 
     fast_path = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.embeddings_ = None
+        self.heads_ = {}  # (feature width, dtype policy, seed) -> ReusableHead
 
     def embeddings(self, policy: str):
         """The training pool's features: computed (or memory-mapped from the cache) on first use."""
@@ -469,18 +487,146 @@ class HeadTrials(TrialRunner):
             self.embeddings_ = load_or_compute(self.prepared, pool, policy, log=self.log)
         return self.embeddings_
 
+    def run(self, trial_id: str, values: Mapping[str, Any], trial_dir: Path) -> dict:
+        """As :meth:`TrialRunner.run`; after a failure the next trial builds a new head."""
+        try:
+            return super().run(trial_id, values, trial_dir)
+        except Exception:
+            self.heads_.clear()  # a trial that failed mid-fit may leave its head in any state
+            raise
+
+    def start_fold(self, k: int) -> None:
+        """Before fold ``k`` of a trial: garbage collected before the first, but the session kept.
+
+        The session holds the reused head. What the last trial left (its datasets) is freed
+        by the collection, which takes milliseconds over the heap made since the search began.
+        """
+        if k == 0:
+            gc.collect()
+
     def fold_model_and_data(self, config, train_rows, val_rows):
+        import keras
+
+        policy = keras.config.dtype_policy().name
+        emb = self.embeddings(policy)
+        y = self.prepared.data.y
+        model = self.head(emb.width, policy, config)
+        return model, (emb.take(train_rows), y[train_rows]), (emb.take(val_rows), y[val_rows])
+
+    def fit(self, model, config, train, val, callbacks):
+        """Train as a run does, from ``tf.data`` pipelines over the features (TensorFlow backend).
+
+        The same epochs, batch size, examples in a new random order every epoch and validation
+        after each; but Keras's generic pipeline from arrays, built anew at every fit, costs
+        more than training a head, so the fast path feeds it a lean one (:func:`_feature_datasets`).
+        """
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            return super().fit(model, config, train, val, callbacks)
+        train_data, val_data = _feature_datasets(train, val, config.batch_size, config.seed,
+                                                 model.output_shape[-1])
+        return model.fit(train_data, epochs=config.epochs, validation_data=val_data, callbacks=callbacks,
+                         shuffle=False, verbose=0)  # the dataset shuffles itself
+
+    def head(self, n_features: int, policy: str, config):
+        """The compiled head for ``config``, in the state a freshly built one would have."""
+        key = (n_features, policy, config.seed)
+        if key not in self.heads_:
+            self.heads_[key] = ReusableHead(n_features, config, self.n_classes_)
+        return self.heads_[key].reset(config)
+
+    def describe(self) -> dict | None:
+        return self.embeddings_.describe() if self.embeddings_ is not None else None
+
+
+class ReusableHead:
+    """One compiled head model (``suite.model.build_head_model``) that every trial trains in turn.
+
+    Built once, seeded by ``config.seed``; its dropout rate is a variable
+    (:func:`variable_rate_dropout`), so the traced training step serves every rate, and a batch
+    size is only a shape the trace already leaves open. :meth:`reset` puts back every variable
+    of the model and its optimizer as they were when built (weights, dropout seed state, Adam's
+    step count and moments), then sets the trial's dropout rate and learning rate: a trial
+    trains as it would on a model built for it, whichever trials came before.
+
+    Args:
+        n_features: width of the feature vectors.
+        config: seed and dtype policy of every trial it will serve.
+        n_classes: width of the softmax.
+    """
+
+    def __init__(self, n_features: int, config, n_classes: int):
         import keras
 
         from suite.model import build_head_model
 
-        emb = self.embeddings(keras.config.dtype_policy().name)
-        y = self.prepared.data.y
-        model = build_head_model(emb.width, config, self.n_classes_)
-        return model, (emb.take(train_rows), y[train_rows]), (emb.take(val_rows), y[val_rows])
+        keras.utils.set_random_seed(config.seed)  # the initial weights depend on the seed alone
+        dropout = variable_rate_dropout(config.dropout, config.seed)
+        self.model = build_head_model(n_features, config, n_classes, dropout=dropout)
+        self.model.optimizer.build(self.model.trainable_variables)
+        variables = [*self.model.variables, *self.model.optimizer.variables]
+        self.initial_ = [(v, keras.ops.convert_to_numpy(v)) for v in variables]
 
-    def describe(self) -> dict | None:
-        return self.embeddings_.describe() if self.embeddings_ is not None else None
+    def reset(self, config):
+        """The model as built, with ``config``'s dropout rate and learning rate; returns it."""
+        for variable, value in self.initial_:
+            variable.assign(value)
+        self.model.get_layer("dropout").rate.assign(config.dropout)
+        self.model.optimizer.learning_rate = config.learning_rate
+        return self.model
+
+
+def _feature_datasets(train, val, batch_size: int, seed: int, n_classes: int):
+    """``(training, validation)`` ``tf.data`` datasets of ``(features, one-hot labels)`` batches.
+
+    The training set is reshuffled at every epoch (a full permutation, as Keras shuffles
+    arrays), from ``seed``: a new dataset replays the same orders, so a trial is repeatable.
+    """
+    import tensorflow as tf
+
+    from suite.train import one_hot
+
+    (x, y), (x_val, y_val) = train, val
+    training = (tf.data.Dataset.from_tensor_slices((x, one_hot(y, n_classes)))
+                .shuffle(len(y), seed=seed, reshuffle_each_iteration=True).batch(batch_size))
+    validation = tf.data.Dataset.from_tensor_slices((x_val, one_hot(y_val, n_classes))).batch(batch_size)
+    return training, validation
+
+
+def variable_rate_dropout(rate: float, seed: int, name: str = "dropout"):
+    """A dropout layer whose rate is a non-trainable variable (``layer.rate.assign(0.3)``).
+
+    Keras's ``Dropout`` bakes its rate into a traced step; this one reads it at every step.
+    The mask is drawn as Keras's is (uniform noise from the layer's own seed generator, kept
+    where it is at least the rate, the kept values scaled by ``1 / (1 - rate)``); at rate 0
+    it passes its input through unchanged.
+    """
+    return _variable_rate_dropout_class()(rate, seed=seed, name=name)
+
+
+@functools.cache
+def _variable_rate_dropout_class():
+    import keras
+
+    class VariableRateDropout(keras.layers.Layer):
+        def __init__(self, rate: float, seed: int, **kwargs):
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+            self.rate = self.add_weight(shape=(), initializer=keras.initializers.Constant(rate),
+                                        trainable=False, name="rate")
+
+        def call(self, inputs, training=False):
+            if not training:
+                return inputs
+            rate = keras.ops.cast(self.rate, inputs.dtype)
+            noise = keras.random.uniform(keras.ops.shape(inputs), dtype=inputs.dtype, seed=self.seed_generator)
+            return keras.ops.where(noise >= rate, inputs / (1 - rate), keras.ops.zeros_like(inputs))
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return VariableRateDropout
 
 
 def trial_folds(data, cv: int | None, seed: int, *, grouped: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:

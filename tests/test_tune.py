@@ -13,7 +13,7 @@ import pytest
 from suite.cli import main
 from suite.errors import SuiteError
 from suite.search_space import DEFAULT_SPACE, SearchSpace, load_space
-from suite.tune import TUNER_NAMES, TuneSettings, plan_space
+from suite.tune import TUNER_NAMES, HeadTrials, TuneSettings, plan_space
 
 TINY_ARGS = ["--backbone", "mobilenetv2", "--image-size", "32", "--epochs", "1", "--weights", "none", "--quiet"]
 
@@ -201,17 +201,19 @@ def test_fast_path_caches_embeddings_and_trains_only_the_head(resumed_search):
     for trial in second["trials"]:
         assert trial["hyperparameters"]["augment"] == "none"
         if trial["status"] == "COMPLETED":
-            assert trial["params"] == (width + 1) * n_classes, "a trial model holds more than the head"
+            # The dense layer, and the dropout rate the reused head holds as a variable.
+            assert trial["params"] == (width + 1) * n_classes + 1, "a trial model holds more than the head"
     assert any("augmentation" in note for note in second["notes"])
     best = read(resumed_search["folder"] / second["best_run"]["run_dir"], "manifest.json")
     assert best["status"] == "completed" and best["params"] > 100 * (width + 1) * n_classes  # a full model
 
 
 def test_cached_features_are_the_full_models_pooled_features(tiny_data):
-    """Same seed, same weights: the fast path's features are what the full model's head sees."""
+    """Same seed, same weights: the fast path's features (as cached) are what the full model's head sees."""
     import keras
 
     from backbones import get_spec
+    from suite.embeddings import load_or_compute
     from suite.model import build_feature_extractor, build_model
     from suite.pipeline import prepare
 
@@ -225,6 +227,137 @@ def test_cached_features_are_the_full_models_pooled_features(tiny_data):
     features = build_feature_extractor(spec, config, None).predict(x, verbose=0)
     assert np.abs(pooled).max() > 0
     np.testing.assert_allclose(features, pooled, rtol=1e-4, atol=0)
+    cached = load_or_compute(prepared, np.sort(prepared.data.split.val), "float32", log=lambda m: None)
+    # computed from a graph with the weights folded in as constants: equal to float rounding
+    np.testing.assert_allclose(cached.take(prepared.data.split.val), pooled, rtol=1e-4,
+                               atol=1e-5 * np.abs(pooled).max())
+
+
+HEAD_TRIAL = {"learning_rate": 3e-3, "dropout": 0.0, "batch_size": 8, "finetune": "head", "augment": "none"}
+
+
+@pytest.fixture(scope="module")
+def head_trials(tiny_data):
+    """A factory of fast-path trial runners over the tiny data (2 epochs per trial).
+
+    A randomly initialised backbone's pooled features of the tiny images are all but zero, so
+    a head would learn nothing from them and every setting would score alike. The runners get
+    features a head can learn from instead: a class signal in noise, for the same rows.
+    """
+    from suite.embeddings import Embeddings
+    from suite.pipeline import prepare
+
+    flags = {"data": str(tiny_data), "backbone": "mobilenetv2", "image_size": 32, "weights": "none",
+             "finetune": "head", "epochs": 2}
+    prepared = prepare(flags, progress=False, log=lambda m: None)
+    space, _, _ = plan_space(TuneSettings(), flags)
+    rows = np.union1d(prepared.data.split.train, prepared.data.split.val)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(len(rows), 32)).astype(np.float32)
+    features[np.arange(len(rows)), prepared.data.y[rows]] += 1.5
+    embeddings = Embeddings(features, rows, Path("synthetic"), "synthetic", cache_hit=True, seconds=0.0)
+
+    def make(cls=HeadTrials):
+        runner = cls(prepared, "val_accuracy", None, space.names, log=lambda m: None)
+        runner.embeddings_ = embeddings
+        return runner
+
+    return make
+
+
+def history(trial_dir: Path) -> np.ndarray:
+    """A trial's ``history.csv`` without its timing column."""
+    table = np.genfromtxt(trial_dir / "history.csv", delimiter=",", names=True)
+    return np.array([table[c] for c in table.dtype.names if c != "seconds"])
+
+
+def run_trial(runner, trial_id: str, values: dict, root: Path) -> tuple[float, np.ndarray]:
+    trial_dir = root / trial_id
+    trial_dir.mkdir()
+    return runner.run(trial_id, values, trial_dir)["val_accuracy"], history(trial_dir)
+
+
+OTHER_TRIALS = ({"dropout": 0.5}, {"batch_size": 16, "learning_rate": 1e-2}, {"dropout": 0.3, "batch_size": 4})
+
+
+def test_a_reused_head_trains_as_a_fresh_one(head_trials, tmp_path):
+    """One head serves every trial: whatever trained it before, a trial learns as on a new head."""
+    runner = head_trials()
+    first, first_history = run_trial(runner, "0", HEAD_TRIAL, tmp_path)
+    for k, other in enumerate(OTHER_TRIALS):
+        other_score, other_history = run_trial(runner, f"other{k}", {**HEAD_TRIAL, **other}, tmp_path)
+        assert other_history.shape == first_history.shape and 0 <= other_score <= 1
+        assert not np.array_equal(other_history, first_history), f"{other} changed nothing"
+        again, again_history = run_trial(runner, f"again{k}", HEAD_TRIAL, tmp_path)
+        assert again == first, f"after {other}"
+        np.testing.assert_array_equal(again_history, first_history)
+    fresh, fresh_history = run_trial(head_trials(), "fresh", HEAD_TRIAL, tmp_path)
+    assert len(runner.heads_) == 1, "the trials did not share one head"
+    assert fresh == first
+    np.testing.assert_array_equal(fresh_history, first_history)
+
+
+def test_a_reused_head_learns_as_a_keras_head(head_trials, tmp_path):
+    """At dropout 0 the reused head computes what a head built by ``build_head_model`` computes."""
+    import keras
+
+    from suite.model import build_head_model
+    from suite.train import HistoryCSV, schedule_callbacks
+
+    runner = head_trials()
+    run_trial(runner, "0", {**HEAD_TRIAL, "dropout": 0.4, "learning_rate": 1e-2}, tmp_path)
+    _, reused = run_trial(runner, "1", HEAD_TRIAL, tmp_path)
+    config = runner.trial_config(HEAD_TRIAL)
+    (train_rows, val_rows), = runner.folds_
+    emb, y = runner.embeddings_, runner.prepared.data.y
+    keras.utils.set_random_seed(config.seed)
+    model = build_head_model(emb.width, config, runner.n_classes_)
+    (tmp_path / "keras").mkdir()
+    runner.fit(model, config, (emb.take(train_rows), y[train_rows]), (emb.take(val_rows), y[val_rows]),
+               schedule_callbacks(config) + [HistoryCSV(tmp_path / "keras" / "history.csv")])
+    np.testing.assert_allclose(reused, history(tmp_path / "keras"), rtol=1e-6)
+
+
+class SometimesInterrupted(HeadTrials):
+    """Fast-path trials whose training an error stops after the first epoch while ``interrupt`` is set."""
+
+    interrupt = False
+
+    def fit(self, model, config, train, val, callbacks):
+        import keras
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                raise RuntimeError("interrupted mid-training")
+
+        return super().fit(model, config, train, val, callbacks + ([Interrupt()] if self.interrupt else []))
+
+
+def test_a_trial_failing_mid_training_is_recorded_and_the_next_trains_as_before(head_trials, tmp_path):
+    runner = head_trials(SometimesInterrupted)
+    first, first_history = run_trial(runner, "0", HEAD_TRIAL, tmp_path)
+    runner.interrupt = True
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_trial(runner, "1", {**HEAD_TRIAL, "learning_rate": 1e-2}, tmp_path)
+    record = read(tmp_path / "1", "suite_trial.json")
+    assert record["status"] == "FAILED" and "interrupted mid-training" in record["error"]
+    runner.interrupt = False
+    again, again_history = run_trial(runner, "2", HEAD_TRIAL, tmp_path)
+    assert again == first
+    np.testing.assert_array_equal(again_history, first_history)
+
+
+def test_the_reused_heads_dropout_rate_is_a_variable():
+    from suite.tune import variable_rate_dropout
+
+    layer = variable_rate_dropout(0.0, seed=1)
+    x = np.ones((200, 50), dtype="float32")
+    np.testing.assert_array_equal(np.asarray(layer(x, training=True)), x)
+    layer.rate.assign(0.25)
+    out = np.asarray(layer(x, training=True))
+    assert set(np.unique(out)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((out == 0).mean() - 0.25) < 0.02
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
 
 
 class ScoreByLearningRate:
