@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from suite.config import AUGMENT_CHOICES, DEDUP_MODES, FINETUNE_PATTERN, PRECISION_CHOICES
+from suite.config import AUGMENT_CHOICES, DEDUP_MODES, FINETUNE_PATTERN, PRECISION_CHOICES, STRATEGY_CHOICES
 from suite.errors import SuiteError
 
 
@@ -125,6 +125,14 @@ Search space file (TOML), one table per setting, each optional:
 """
 
 
+BENCH_DESCRIPTION = """\
+Train the same model on the same synthetic images two ways, alternating: through the suite's
+image cache and training loop (every callback a run has), and through a bare model.fit on
+in-memory arrays. Prints one JSON object: suite_train_ips, bare_fit_train_ips, ratio,
+infer_ips, infer_ms_per_image, device and backend, with warm-up and compile time apart.
+"""
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that trains (``run`` now; ``compare``, ``cv`` later)."""
     p.add_argument("--backbone", type=_backbone, default=None, help="registered backbone (default: efficientnetb0)")
@@ -157,6 +165,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=("default", "reference"), default=None,
                    help="reference: the original notebook's recipe (Training+Testing pooled, random 10%% test "
                         "split, seed 101, 150 px, 12 epochs, batch 32); flags still override it")
+    add_device_arguments(p)
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for the devices a command trains on."""
+    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default=None,
+                   help="auto (default: mirrored over several local GPUs, multiworker when TF_CONFIG or "
+                        "JAX_COORDINATOR_ADDRESS describes a cluster, else none), none, mirrored, multiworker; "
+                        "--batch-size is the global batch, split across replicas")
+    p.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
+                   help="split the CPU into N logical devices (mirrored training on one CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_tune)
 
+    p = sub.add_parser("bench", help="training and inference images/s: the suite's loop against a bare model.fit",
+                       description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", type=_backbone, default="efficientnetb0")
+    p.add_argument("--image-size", type=_image_size, default=None, help="default: 150")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default: 32)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="auto (default: bf16 on a GPU, fp32 on a CPU), fp32, bf16, fp16")
+    p.add_argument("--finetune", type=_finetune, default=None, help="all (default), head, or top:N")
+    p.add_argument("--steps", type=_positive_int, default=30, help="training steps per epoch (default: 30)")
+    p.add_argument("--epochs", type=_positive_int, default=3, help="epochs per fit, the first is warm-up (default: 3)")
+    p.add_argument("--rounds", type=_positive_int, default=2, help="bare/suite pairs, alternated (default: 2)")
+    add_device_arguments(p)
+    p.set_defaults(handler=cmd_bench)
+
     p = sub.add_parser("evaluate", help="score a finished run's model on another dataset")
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
     p.add_argument("--data", required=True, type=_existing_dir, help="dataset folder (any supported layout)")
@@ -267,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 RUN_FLAG_NAMES = ("backbone", "data", "out", "image_size", "epochs", "batch_size", "learning_rate", "dropout",
                   "finetune", "augment", "val_fraction", "test_fraction", "seed", "weights", "precision",
-                  "early_stopping", "workers", "protocol", "dedup")
+                  "early_stopping", "workers", "protocol", "dedup", "strategy", "cpu_devices")
 
 
 def run_flags(args: argparse.Namespace) -> dict:
@@ -277,7 +310,8 @@ def run_flags(args: argparse.Namespace) -> dict:
 def cmd_run(args) -> int:
     from suite.pipeline import run
 
-    run_dir = run(run_flags(args), progress=not args.quiet)
+    with training_output():
+        run_dir = run(run_flags(args), progress=not args.quiet)
     print(run_dir)
     return 0
 
@@ -288,7 +322,8 @@ def cmd_compare(args) -> int:
 
     flags = run_flags(args)
     flags.pop("backbone")
-    folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=_log)
+    with training_output():
+        folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=_log)
     print(folder)
     return 0
 
@@ -307,7 +342,9 @@ def cmd_cv(args) -> int:
             raise SuiteError(f"no unfinished cross-validation to resume under {out}")
     elif args.resume:
         resume = Path(args.resume)
-    print(cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=_log))
+    with training_output():
+        folder = cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=_log)
+    print(folder)
     return 0
 
 
@@ -330,11 +367,29 @@ def cmd_tune(args) -> int:
                             compare_default=args.compare_default,
                             max_consecutive_failures=args.max_consecutive_failures,
                             **({"space": args.space} if args.space is not None else {}))
-    folder = tune(run_flags(args), settings, progress=not args.quiet, log=_log)
+    with training_output():
+        folder = tune(run_flags(args), settings, progress=not args.quiet, log=_log)
     print(folder)
     if distributed_role() == "worker":
         return 0
     return 0 if read_json(folder / TUNING_FILE).get("status") == "completed" else 1
+
+
+def cmd_bench(args) -> int:
+    import json
+
+    from suite.bench import BenchSettings, bench
+
+    flags = {k: getattr(args, k) for k in ("backbone", "image_size", "batch_size", "precision", "finetune",
+                                           "strategy", "cpu_devices")}
+    try:
+        settings = BenchSettings(steps=args.steps, epochs=args.epochs, rounds=args.rounds)
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
+    with training_output():
+        result = bench(flags, settings, log=_log)
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -360,6 +415,14 @@ def cmd_predict(args) -> int:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
             print(f"{r['path']}\t{r['predicted']}\t{probs}")
     return 1 if any("error" in r for r in results) else 0
+
+
+def training_output():
+    """Send what Keras prints while training (epoch lines, learning-rate changes) to stderr,
+    so that stdout carries only the command's result (a folder, a JSON object)."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _log(message: str) -> None:
@@ -423,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "cpu_devices", None) or getattr(args, "strategy", None):
+            from suite.runtime import configure_process
+
+            configure_process(args.cpu_devices)  # before the backend starts
         return args.handler(args)
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,6 +37,7 @@ FINETUNE_PATTERN = re.compile(r"^(all|head|top:[1-9][0-9]*)$")
 AUGMENT_CHOICES = ("none", "light")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DEDUP_MODES = ("off", "report", "group", "drop")
+STRATEGY_CHOICES = ("auto", "none", "mirrored", "multiworker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,10 @@ class RunConfig:
             ``report`` (leak-free test metrics beside the full ones), ``group`` (a
             duplicate cluster never straddles train/validation/test) or ``drop`` (test
             images with a training twin are removed).
+        strategy: ``auto`` (mirrored over several local devices, multi-worker when a cluster
+            is configured, else none), ``none``, ``mirrored`` or ``multiworker``; see
+            ``suite.runtime``. ``batch_size`` is the global batch, split across replicas.
+        cpu_devices: split the CPU into N logical devices (for the mirrored strategy on a CPU).
     """
 
     backbone: str = "efficientnetb0"
@@ -91,6 +96,8 @@ class RunConfig:
     protocol: str = "default"
     pool_splits: bool = False
     dedup: str = "report"
+    strategy: str = "auto"
+    cpu_devices: int | None = None
 
     def __post_init__(self):
         _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
@@ -105,6 +112,9 @@ class RunConfig:
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         _check(self.dedup in DEDUP_MODES, f"dedup must be one of {DEDUP_MODES}, got {self.dedup!r}")
+        _check(self.strategy in STRATEGY_CHOICES, f"strategy must be one of {STRATEGY_CHOICES}")
+        _check(self.cpu_devices is None or self.cpu_devices >= 1,
+               f"cpu_devices must be at least 1, got {self.cpu_devices}")
         _check(self.protocol in PROTOCOLS, f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
 
     def to_dict(self) -> dict[str, Any]:

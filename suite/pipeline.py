@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from backbones import BackboneSpec, get_spec
 from suite import runs
 from suite.config import RunConfig, resolve_config
 from suite.data.dataset import PreparedData, prepare_data
 from suite.data.discover import discover
 from suite.io import write_csv_atomic, write_json_atomic
+from suite.runtime import configure_process
 from suite.weights import WeightsChoice, resolve_weights
 
 
@@ -58,6 +61,7 @@ def prepare(
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
     index = discover(flags.get("data") or _phantom_root(log, progress))
     config = resolve_config({**flags, "backbone": spec.name}, index.card, defaults)
+    configure_process(config.cpu_devices)  # before anything starts the backend; may refuse
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
         log(f"warning: {weights.warning}")
@@ -185,28 +189,14 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
     from suite.device import accelerators
     from suite.evaluate import classification_metrics, prediction_rows
     from suite.inference import time_inference
-    from suite.model import build_model, set_precision
-    from suite.train import fit, make_callbacks
+    from suite.model import set_precision
 
+    manifest["runtime"] = configure_process(config.cpu_devices)
     keras.backend.clear_session()
     previous_policy = keras.config.dtype_policy()
     manifest["precision_policy"] = set_precision(config.precision, bool(accelerators()))
     try:
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(spec, config, len(data.labels), weights.argument)
-        manifest["params"] = int(model.count_params())
-        callbacks, warnings = make_callbacks(config, run_dir)
-        manifest["warnings"].extend(warnings)
-        train, val = data.arrays("train"), data.arrays("val")
-        log(f"training {spec.name} at {config.image_size}px on {len(train[1])} images "
-            f"({len(val[1])} validation) for {config.epochs} epochs")
-        start = time.perf_counter()
-        history = fit(model, config, train, val, callbacks, verbose=1 if sys.stderr.isatty() else 2)
-        manifest["timings"]["train_s"] = round(time.perf_counter() - start, 3)
-        manifest["epochs_run"] = len(history.epoch)
-        manifest["train_images_per_s"] = round(
-            len(train[1]) * len(history.epoch) / manifest["timings"]["train_s"], 2
-        )
+        _train(spec, config, data, weights, run_dir, manifest, log)
         start = time.perf_counter()
         best = keras.saving.load_model(run_dir / runs.MODEL)
         x_test, y_test = data.arrays("test")
@@ -224,6 +214,49 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
     manifest["status"] = "completed"
     log(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
         f"on {metrics['n_test']} images")
+
+
+def _train(spec, config, data, weights, run_dir, manifest, log) -> None:
+    """Build and fit under the run's distribution strategy; the best epoch ends in ``model.keras``."""
+    import keras
+
+    from suite.model import build_model
+    from suite.runtime import COMPILE_MONITOR, distribution_scope, make_distribution
+    from suite.train import BestCheckpoint, fit, make_callbacks
+
+    dist = make_distribution(config.strategy)
+    manifest.update(strategy=dist.name, replicas=dist.replicas, distribution=dist.describe())
+    with distribution_scope(dist):
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(spec, config, len(data.labels), weights.argument)
+        manifest["params"] = int(model.count_params())
+        callbacks, warnings = make_callbacks(config, run_dir)
+        manifest["warnings"].extend(warnings)
+        train, val = data.arrays("train"), data.arrays("val")
+        log(f"training {spec.name} at {config.image_size}px on {len(train[1])} images "
+            f"({len(val[1])} validation) for {config.epochs} epochs"
+            + (f", {dist.name} over {dist.replicas} replicas" if dist.replicas > 1 else ""))
+        COMPILE_MONITOR.reset()
+        start = time.perf_counter()
+        history = fit(model, config, train, val, callbacks, verbose=1 if sys.stderr.isatty() else 2)
+    seconds = time.perf_counter() - start
+    manifest["timings"]["train_s"] = round(seconds, 3)
+    manifest["epochs_run"] = len(history.epoch)
+    manifest["train_images_per_s"] = round(len(train[1]) * len(history.epoch) / seconds, 2)
+    manifest["compile"] = compile_summary(COMPILE_MONITOR.snapshot(), run_dir / runs.HISTORY)
+    manifest["checkpoint"] = next(c.describe() for c in callbacks if isinstance(c, BestCheckpoint))
+
+
+def compile_summary(jax_events: dict | None, history_csv: Path) -> dict:
+    """Compilation cost of a fit: JAX's own compile events where JAX runs, and for every backend
+    the first epoch's extra seconds over the median later epoch (tracing, compiling, warm-up)."""
+    import pandas as pd
+
+    summary = dict(jax_events or {})
+    seconds = pd.read_csv(history_csv)["seconds"].to_numpy() if history_csv.is_file() else []
+    if len(seconds) >= 2:
+        summary["first_epoch_overhead_s"] = round(float(seconds[0] - np.median(seconds[1:])), 3)
+    return summary
 
 
 LEAK_FREE_KEYS = ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "per_class", "confusion_matrix", "n_test")

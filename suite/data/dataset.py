@@ -53,7 +53,7 @@ class PreparedData:
     def arrays(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         """In-memory ``(x, y)`` of ``"train"``, ``"val"`` or ``"test"``."""
         rows = self.split.parts()[part]
-        return np.ascontiguousarray(self.images[rows]), self.y[rows]
+        return take_rows(self.images, rows), self.y[rows]
 
     def leak_free_test(self) -> np.ndarray:
         """Boolean mask over the test rows: no exact or near twin in training or validation."""
@@ -201,3 +201,8 @@ def _data_fingerprint(index: DatasetIndex, digests) -> str:
     for e, d in zip(index.entries, digests):
         h.update(f"{e.split}\t{e.label}\t{_relpath(e.path, index.root)}\t{d}\n".encode())
     return h.hexdigest()[:16]
+
+
+def take_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of the (memory-mapped) image cache as one contiguous in-memory array, for training."""
+    return np.ascontiguousarray(images[np.asarray(rows)])

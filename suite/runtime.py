@@ -1,0 +1,297 @@
+"""How a training process uses its machine: threads, logical CPU devices, compilation cache,
+and the distribution strategy a model is built and trained under.
+
+The engines do the work: ``tf.distribute`` with TensorFlow, ``keras.distribution`` with JAX.
+This module only picks and configures them, once per process, before the backend starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from typing import Iterator
+
+from suite.errors import SuiteError
+
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+_CONFIGURED: dict = {}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_process(cpu_devices: int | None = None) -> dict:
+    """Set the backend up for training; call before the backend's first operation.
+
+    * ``cpu_devices``: split the CPU into N logical devices (TensorFlow: logical device
+      configuration; JAX: ``--xla_force_host_platform_device_count``), so multi-device
+      strategies can run on one CPU.
+    * TensorFlow thread pools sized to the usable cores: one inter-op thread on small
+      machines, where two concurrent ops only fight over the same cores.
+    * JAX: a persistent compilation cache in the suite's cache folder, so a second
+      identical run loads its compiled programs instead of recompiling them.
+
+    Returns what was set (idempotent: a second call returns the first call's settings).
+    """
+    if _CONFIGURED:
+        if cpu_devices and cpu_devices != (_CONFIGURED["cpu_devices"] or 1):
+            raise SuiteError(f"this process already runs with {_CONFIGURED['cpu_devices'] or 1} CPU device(s); "
+                             f"--cpu-devices {cpu_devices} must be given before the backend starts "
+                             "(on the command line)")
+        return dict(_CONFIGURED)
+    backend = os.environ.get("KERAS_BACKEND") or _keras_backend()
+    settings = {"backend": backend, "cpu_devices": cpu_devices}
+    if backend == "jax":
+        settings.update(_configure_jax(cpu_devices))
+    elif backend == "tensorflow":
+        settings.update(_configure_tensorflow(cpu_devices))
+    elif cpu_devices and cpu_devices > 1:
+        raise SuiteError(f"--cpu-devices needs the tensorflow or jax backend, not {backend}")
+    _CONFIGURED.update(settings)
+    return dict(settings)
+
+
+def _keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def _configure_jax(cpu_devices: int | None) -> dict:
+    if cpu_devices and cpu_devices > 1:
+        # Read when JAX creates its CPU backend, which is after import, at the first use.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_devices}".strip()
+    import jax
+
+    from suite.data.cache import cache_dir
+
+    if cpu_devices and cpu_devices > 1 and len(jax.devices("cpu")) != cpu_devices:
+        raise SuiteError(f"JAX started with {len(jax.devices('cpu'))} CPU devices before --cpu-devices "
+                         f"{cpu_devices} could be applied; pass it on the command line")
+    folder = cache_dir() / "jax-compilation"
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # Cache every program: a training step compiles in seconds, a small eval step in less.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    COMPILE_MONITOR.install()
+    return {"jax_compilation_cache": str(folder)}
+
+
+def _configure_tensorflow(cpu_devices: int | None) -> dict:
+    import tensorflow as tf
+
+    settings = {}
+    if cpu_devices and cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_devices)])
+        except RuntimeError:  # TensorFlow already started: fine if it has the devices asked for
+            if len(tf.config.list_logical_devices("CPU")) != cpu_devices:
+                raise SuiteError(f"TensorFlow started before --cpu-devices {cpu_devices} could be applied; "
+                                 "pass it on the command line") from None
+    if os.environ.get("SUITE_TF_THREADS") == "default":
+        return settings
+    cores = usable_cores()
+    inter = 1 if cores <= 4 else 2
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cores)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        settings.update(intra_op_threads=cores, inter_op_threads=inter)
+    except RuntimeError:  # already started (a library caller trained before): keep its pools
+        settings.update(intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+                        inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads())
+    return settings
+
+
+# ----------------------------------------------------------------------------------
+# Distribution
+# ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """The strategy a model is built and trained under.
+
+    Attributes:
+        name: ``none``, ``mirrored`` or ``multiworker`` (``auto`` resolved).
+        replicas: model copies each global batch is split across.
+        devices: the devices they run on.
+        engine: what does the work (``tf.distribute.MirroredStrategy``, ...).
+    """
+
+    name: str
+    replicas: int
+    devices: tuple[str, ...]
+    engine: str
+    strategy: object = dataclasses.field(default=None, repr=False, compare=False)
+
+    def describe(self) -> dict:
+        return {"strategy": self.name, "replicas": self.replicas, "devices": list(self.devices),
+                "engine": self.engine}
+
+
+def local_devices(backend: str) -> tuple[list[str], str]:
+    """``(names, kind)`` of the local devices a mirrored strategy would use: GPUs, else CPUs."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            return [d.name for d in gpus], "gpu"
+        return [d.name for d in tf.config.list_logical_devices("CPU")], "cpu"
+    if backend == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform != "cpu"]
+        return ([str(d) for d in gpus], "gpu") if gpus else ([str(d) for d in jax.devices("cpu")], "cpu")
+    return ["cpu"], "cpu"
+
+
+def resolve_strategy(name: str, backend: str, n_local: int, environ=os.environ) -> str:
+    """``auto`` -> ``multiworker`` when a cluster is configured, ``mirrored`` with several
+    local devices, else ``none``; other names are checked against the backend."""
+    if name not in STRATEGIES:
+        raise SuiteError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    if backend not in ("tensorflow", "jax") and name not in ("auto", "none"):
+        raise SuiteError(f"--strategy {name} needs the tensorflow or jax backend, not {backend}")
+    if name != "auto":
+        return name
+    if backend == "tensorflow" and _tf_config_workers(environ) > 1:
+        return "multiworker"
+    if backend == "jax" and environ.get("JAX_COORDINATOR_ADDRESS"):
+        return "multiworker"
+    return "mirrored" if n_local > 1 and backend in ("tensorflow", "jax") else "none"
+
+
+def _tf_config_workers(environ) -> int:
+    raw = environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError):
+        raise SuiteError("TF_CONFIG is not valid JSON") from None
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def make_distribution(name: str) -> Distribution:
+    """Create the strategy ``name`` asks for on this backend (see :func:`resolve_strategy`)."""
+    backend = _keras_backend()
+    names, kind = local_devices(backend)
+    resolved = resolve_strategy(name, backend, len(names))
+    if resolved == "none":
+        return Distribution("none", 1, tuple(names[:1]), "none")
+    if backend == "tensorflow":
+        return _tf_distribution(resolved, names, kind)
+    return _jax_distribution(resolved)
+
+
+def _tf_distribution(name: str, names: list[str], kind: str) -> Distribution:
+    import tensorflow as tf
+
+    if name == "mirrored":
+        cross = tf.distribute.ReductionToOneDevice() if kind == "cpu" else None
+        strategy = tf.distribute.MirroredStrategy(devices=names, cross_device_ops=cross)
+        engine = "tf.distribute.MirroredStrategy"
+    else:
+        if _tf_config_workers(os.environ) < 1:
+            raise SuiteError("--strategy multiworker needs TF_CONFIG describing the cluster (see README)")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        engine = "tf.distribute.MultiWorkerMirroredStrategy"
+    devices = tuple(strategy.extended.worker_devices)
+    return Distribution(name, int(strategy.num_replicas_in_sync), devices, engine, strategy)
+
+
+def _jax_distribution(name: str) -> Distribution:
+    import jax
+    import keras
+
+    if name == "multiworker":
+        keras.distribution.initialize()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+    devices = [d for d in jax.devices() if d.platform != "cpu"] or jax.devices("cpu")
+    strategy = keras.distribution.DataParallel(devices=devices)
+    return Distribution(name, len(devices), tuple(str(d) for d in devices),
+                        "keras.distribution.DataParallel", strategy)
+
+
+@contextlib.contextmanager
+def distribution_scope(dist: Distribution) -> Iterator[Distribution]:
+    """Build, compile and train inside this: the strategy's scope, or JAX's global distribution."""
+    if dist.strategy is None:
+        yield dist
+        return
+    if dist.engine.startswith("tf."):
+        with dist.strategy.scope():
+            yield dist
+        return
+    import keras
+
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(dist.strategy)
+    try:
+        yield dist
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+# ----------------------------------------------------------------------------------
+# Compilation time (JAX)
+# ----------------------------------------------------------------------------------
+
+
+class CompileMonitor:
+    """Sums JAX's compilation events: seconds spent compiling, persistent-cache hits and misses."""
+
+    BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+    TRACE = "/jax/core/compile/jaxpr_trace_duration"
+    HITS = "/jax/compilation_cache/cache_hits"
+    MISSES = "/jax/compilation_cache/cache_misses"
+
+    def __init__(self):
+        self.installed = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.compile_s = self.trace_s = 0.0
+        self.cache_hits = self.cache_misses = 0
+
+    def install(self) -> None:
+        if self.installed:
+            return
+        from jax import monitoring
+
+        monitoring.register_event_duration_secs_listener(self._on_duration)
+        monitoring.register_event_listener(self._on_event)
+        self.installed = True
+
+    def _on_duration(self, event: str, seconds: float, **kwargs) -> None:
+        if event == self.BACKEND_COMPILE:
+            self.compile_s += seconds
+        elif event == self.TRACE:
+            self.trace_s += seconds
+
+    def _on_event(self, event: str, **kwargs) -> None:
+        if event == self.HITS:
+            self.cache_hits += 1
+        elif event == self.MISSES:
+            self.cache_misses += 1
+
+    def snapshot(self) -> dict | None:
+        """What was counted since the last :meth:`reset`; ``None`` where JAX is not monitored."""
+        if not self.installed:
+            return None
+        return {"compile_s": round(self.compile_s, 3), "trace_s": round(self.trace_s, 3),
+                "persistent_cache_hits": self.cache_hits, "persistent_cache_misses": self.cache_misses}
+
+
+COMPILE_MONITOR = CompileMonitor()
