@@ -4,7 +4,7 @@
 (b) the first decode (hashing and writing the cache included) against a plain sequential
     PIL loop (open, convert to RGB, resize) over the same files;
 (c) the suite's training loop (its callbacks, its fit) against a bare ``model.fit`` on the
-    same in-memory arrays, the way the original notebook trained.
+    same in-memory arrays, the way the original notebook trained (``suite bench``).
 
     python benchmarks/pipeline_speed.py --data ../shared/data/sartaj
 
@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 
 def parse_args(argv=None):
@@ -90,71 +88,16 @@ def sequential_pil_loop(paths, size: int) -> float:
     return time.perf_counter() - start
 
 
-def _epoch_timer():
-    import keras
+def training_ratio(args) -> dict:
+    """(c): ``suite bench`` (the suite's image cache and loop against a bare ``model.fit``)."""
+    from suite.bench import BenchSettings, bench
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.seconds_ = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds_.append(time.perf_counter() - self._t)
-
-    return EpochTimer()
-
-
-def training_ratio(data, args) -> dict:
-    """(c): images/s of an epoch after warm-up, suite loop vs bare fit, same arrays, same model."""
-    import keras
-    import numpy as np
-
-    from backbones import get_spec
-    from suite.config import RunConfig
-    from suite.model import build_model
-    from suite.train import fit, make_callbacks, one_hot
-
-    spec = get_spec(args.backbone)
-    config = RunConfig(backbone=spec.name, image_size=args.image_size, epochs=args.epochs, weights="none")
-    x, y = data.arrays("train")
-    x, y = x[: args.train_images], y[: args.train_images]
-    val = data.arrays("val")
-    n_classes = len(data.labels)
-
-    def bare():
-        keras.utils.set_random_seed(0)
-        model = build_model(spec, config, n_classes, None)
-        timer = _epoch_timer()
-        model.fit(x, one_hot(y, n_classes), batch_size=32, epochs=args.epochs,
-                  validation_data=(val[0], one_hot(val[1], n_classes)), callbacks=[timer], verbose=0)
-        return timer.seconds_
-
-    def suite():
-        keras.utils.set_random_seed(0)
-        model = build_model(spec, config, n_classes, None)
-        run_dir = Path(tempfile.mkdtemp(prefix="suite-bench-run-"))
-        callbacks, _ = make_callbacks(config, run_dir)
-        timer = _epoch_timer()
-        fit(model, config, (x, y), val, callbacks + [timer], verbose=0)
-        return timer.seconds_
-
-    # Alternate, so drift in machine load hits both alike.
-    results = {"bare": [], "suite": []}
-    for kind in ("bare", "suite", "bare", "suite"):
-        seconds = (bare if kind == "bare" else suite)()
-        results[kind].extend(seconds[1:])  # the first epoch carries tracing and compilation
-        keras.backend.clear_session()
-    ips = {k: len(y) / statistics.median(v) for k, v in results.items()}
-    return {
-        "backbone": spec.name,
-        "image_size": args.image_size,
-        "train_images": int(len(y)),
-        "bare_fit_train_ips": round(ips["bare"], 2),
-        "suite_train_ips": round(ips["suite"], 2),
-        "c_suite_vs_bare_fit": round(ips["suite"] / ips["bare"], 3),
-    }
+    steps = max(1, args.train_images // 32)
+    result = bench({"backbone": args.backbone, "image_size": args.image_size, "batch_size": 32},
+                   BenchSettings(steps=steps, epochs=args.epochs, rounds=2),
+                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    keys = ("backbone", "image_size", "train_images", "bare_fit_train_ips", "suite_train_ips", "checkpoint")
+    return {**{k: result[k] for k in keys}, "c_suite_vs_bare_fit": result["ratio"]}
 
 
 def main(argv=None) -> int:
@@ -162,7 +105,7 @@ def main(argv=None) -> int:
     report, data = data_stage_ratios(args.data, args.image_size)
     print(json.dumps(report), file=sys.stderr, flush=True)
     if not args.skip_training:
-        report.update(training_ratio(data, args))
+        report.update(training_ratio(args))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -8,8 +8,8 @@ Both sides train the same model (``suite.model.build_model``) on the same synthe
   schedule, CSV history, TensorBoard);
 * **bare**: ``model.fit`` on in-memory arrays with no callbacks, as a notebook would.
 
-They alternate (bare, suite, bare, suite, ...) on one model, so drift in machine load hits both
-alike and both run the same compiled step. The first fit's first epoch carries tracing and
+They alternate on one model, in the order bare, suite, suite, bare, bare, suite, ... so that a
+steady drift in machine speed (load, clocks) hits both alike, and both run the same compiled step. The first fit's first epoch carries tracing and
 compilation, every fit's first epoch its set-up: each is reported as warm-up and never mixed
 into throughput. Throughput counts each later epoch's training steps and its
 end-of-epoch callbacks; the validation pass, which both sides run on the same images, is
@@ -79,7 +79,7 @@ def bench(flags: Mapping[str, Any], settings: BenchSettings = BenchSettings(), *
     from suite.model import build_model, precision_scope
     from suite.runtime import configure_process, distribution_scope, make_distribution
 
-    runtime = configure_process(flags.get("cpu_devices"))
+    runtime = configure_process(flags.get("cpu_devices"), flags.get("strategy"))
     spec = get_spec(flags.get("backbone") or "efficientnetb0")
     config = resolve_config({**{k: v for k, v in flags.items() if v is not None},
                              "backbone": spec.name, "weights": flags.get("weights") or "none",
@@ -97,7 +97,7 @@ def bench(flags: Mapping[str, Any], settings: BenchSettings = BenchSettings(), *
             model = build_model(spec, config, N_CLASSES, None)
             runs = {"bare": [], "suite": []}
             for r in range(settings.rounds):
-                for side in ("bare", "suite"):
+                for side in ("bare", "suite") if r % 2 == 0 else ("suite", "bare"):
                     runs[side].append(_one_fit(side, model, config, images, n_train, Path(tmp) / f"{side}{r}"))
                     log(f"bench: {side} round {r + 1}: {_ips(n_train, runs[side][-1]['train_s'][1:]):.1f} images/s")
             infer = _inference(model, config, images[:n_train])
@@ -113,6 +113,7 @@ def bench(flags: Mapping[str, Any], settings: BenchSettings = BenchSettings(), *
         "ratio": round(suite_ips / bare_ips, 3),
         **infer,
         "warmup_s": {side: [round(f["train_s"][0], 3) for f in fits] for side, fits in runs.items()},
+        "epoch_train_s": {side: [[round(s, 3) for s in f["train_s"][1:]] for f in fits] for side, fits in runs.items()},
         "compile": {side: [f["compile"] for f in fits] for side, fits in runs.items()},
         "val_s": {side: round(statistics.median(s for f in fits for s in f["val_s"][1:]), 3)
                   for side, fits in runs.items()},

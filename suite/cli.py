@@ -171,8 +171,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for the devices a command trains on."""
     p.add_argument("--strategy", choices=STRATEGY_CHOICES, default=None,
-                   help="auto (default: mirrored over several local GPUs, multiworker when TF_CONFIG or "
-                        "JAX_COORDINATOR_ADDRESS describes a cluster, else none), none, mirrored, multiworker; "
+                   help="auto (default: mirrored over several local GPUs, multiworker when "
+                        "JAX_COORDINATOR_ADDRESS describes a cluster, else none), none, mirrored, multiworker "
+                        "(JAX only: Keras 3 cannot fit under TensorFlow's multi-worker strategy); "
                         "--batch-size is the global batch, split across replicas")
     p.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
                    help="split the CPU into N logical devices (mirrored training on one CPU)")
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", type=_finetune, default=None, help="all (default), head, or top:N")
     p.add_argument("--steps", type=_positive_int, default=30, help="training steps per epoch (default: 30)")
     p.add_argument("--epochs", type=_positive_int, default=3, help="epochs per fit, the first is warm-up (default: 3)")
-    p.add_argument("--rounds", type=_positive_int, default=2, help="bare/suite pairs, alternated (default: 2)")
+    p.add_argument("--rounds", type=_positive_int, default=2, help="bare/suite pairs, alternated bare-suite, suite-bare, ... (default: 2)")
     add_device_arguments(p)
     p.set_defaults(handler=cmd_bench)
 
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "cpu_devices", None) or getattr(args, "strategy", None):
             from suite.runtime import configure_process
 
-            configure_process(args.cpu_devices)  # before the backend starts
+            configure_process(args.cpu_devices, args.strategy)  # before the backend starts
         return args.handler(args)
     except SuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)

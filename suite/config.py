@@ -70,8 +70,8 @@ class RunConfig:
             ``report`` (leak-free test metrics beside the full ones), ``group`` (a
             duplicate cluster never straddles train/validation/test) or ``drop`` (test
             images with a training twin are removed).
-        strategy: ``auto`` (mirrored over several local devices, multi-worker when a cluster
-            is configured, else none), ``none``, ``mirrored`` or ``multiworker``; see
+        strategy: ``auto`` (mirrored over several local devices, multi-worker when a JAX
+            cluster is configured, else none), ``none``, ``mirrored`` or ``multiworker``; see
             ``suite.runtime``. ``batch_size`` is the global batch, split across replicas.
         cpu_devices: split the CPU into N logical devices (for the mirrored strategy on a CPU).
     """

@@ -61,7 +61,7 @@ def prepare(
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
     index = discover(flags.get("data") or _phantom_root(log, progress))
     config = resolve_config({**flags, "backbone": spec.name}, index.card, defaults)
-    configure_process(config.cpu_devices)  # before anything starts the backend; may refuse
+    configure_process(config.cpu_devices, config.strategy)  # before anything starts the backend; may refuse
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
         log(f"warning: {weights.warning}")
@@ -191,7 +191,7 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
     from suite.inference import time_inference
     from suite.model import set_precision
 
-    manifest["runtime"] = configure_process(config.cpu_devices)
+    manifest["runtime"] = configure_process(config.cpu_devices, config.strategy)
     keras.backend.clear_session()
     previous_policy = keras.config.dtype_policy()
     manifest["precision_policy"] = set_precision(config.precision, bool(accelerators()))

@@ -16,6 +16,13 @@ from typing import Iterator
 from suite.errors import SuiteError
 
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+# Checked here with two local workers (Keras 3.15, TensorFlow 2.21): the cluster forms, then
+# model.fit fails converting a PerReplica batch, the open upstream keras-team/keras#20585.
+TF_MULTIWORKER_UNSUPPORTED = (
+    "multi-worker training with the TensorFlow backend does not work in Keras 3 "
+    "(tf.distribute.MultiWorkerMirroredStrategy fails inside model.fit: keras-team/keras#20585); "
+    "train across machines with KERAS_BACKEND=jax and JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+    "JAX_PROCESS_ID set (see README), or on one machine with --strategy mirrored")
 _CONFIGURED: dict = {}
 
 
@@ -27,7 +34,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure_process(cpu_devices: int | None = None) -> dict:
+def configure_process(cpu_devices: int | None = None, strategy: str | None = None) -> dict:
     """Set the backend up for training; call before the backend's first operation.
 
     * ``cpu_devices``: split the CPU into N logical devices (TensorFlow: logical device
@@ -38,8 +45,13 @@ def configure_process(cpu_devices: int | None = None) -> dict:
     * JAX: a persistent compilation cache in the suite's cache folder, so a second
       identical run loads its compiled programs instead of recompiling them.
 
+    ``strategy`` is only checked here (:func:`resolve_strategy`), so that a strategy that
+    cannot run stops the command before it makes anything.
+
     Returns what was set (idempotent: a second call returns the first call's settings).
     """
+    if strategy is not None:  # refuse what cannot run before anything starts
+        resolve_strategy(strategy, os.environ.get("KERAS_BACKEND") or _keras_backend(), 1)
     if _CONFIGURED:
         if cpu_devices and cpu_devices != (_CONFIGURED["cpu_devices"] or 1):
             raise SuiteError(f"this process already runs with {_CONFIGURED['cpu_devices'] or 1} CPU device(s); "
@@ -164,10 +176,12 @@ def resolve_strategy(name: str, backend: str, n_local: int, environ=os.environ) 
         raise SuiteError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
     if backend not in ("tensorflow", "jax") and name not in ("auto", "none"):
         raise SuiteError(f"--strategy {name} needs the tensorflow or jax backend, not {backend}")
+    if name == "auto" and backend == "tensorflow" and _tf_config_workers(environ) > 1:
+        name = "multiworker"
+    if name == "multiworker" and backend == "tensorflow":
+        raise SuiteError(TF_MULTIWORKER_UNSUPPORTED)
     if name != "auto":
         return name
-    if backend == "tensorflow" and _tf_config_workers(environ) > 1:
-        return "multiworker"
     if backend == "jax" and environ.get("JAX_COORDINATOR_ADDRESS"):
         return "multiworker"
     return "mirrored" if n_local > 1 and backend in ("tensorflow", "jax") else "none"
@@ -199,17 +213,12 @@ def make_distribution(name: str) -> Distribution:
 def _tf_distribution(name: str, names: list[str], kind: str) -> Distribution:
     import tensorflow as tf
 
-    if name == "mirrored":
-        cross = tf.distribute.ReductionToOneDevice() if kind == "cpu" else None
-        strategy = tf.distribute.MirroredStrategy(devices=names, cross_device_ops=cross)
-        engine = "tf.distribute.MirroredStrategy"
-    else:
-        if _tf_config_workers(os.environ) < 1:
-            raise SuiteError("--strategy multiworker needs TF_CONFIG describing the cluster (see README)")
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        engine = "tf.distribute.MultiWorkerMirroredStrategy"
+    # name is "mirrored": resolve_strategy refuses multi-worker training on TensorFlow.
+    cross = tf.distribute.ReductionToOneDevice() if kind == "cpu" else None
+    strategy = tf.distribute.MirroredStrategy(devices=names, cross_device_ops=cross)
     devices = tuple(strategy.extended.worker_devices)
-    return Distribution(name, int(strategy.num_replicas_in_sync), devices, engine, strategy)
+    return Distribution(name, int(strategy.num_replicas_in_sync), devices, "tf.distribute.MirroredStrategy",
+                        strategy)
 
 
 def _jax_distribution(name: str) -> Distribution:

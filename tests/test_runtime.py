@@ -31,10 +31,27 @@ def test_auto_strategy_follows_the_devices_and_the_cluster():
     assert resolve_strategy("auto", "jax", 4, {}) == "mirrored"
     cluster = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker",
                                                                                      "index": 0}})}
-    assert resolve_strategy("auto", "tensorflow", 1, cluster) == "multiworker"
     assert resolve_strategy("auto", "jax", 1, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}) == "multiworker"
     assert resolve_strategy("auto", "torch", 2, {}) == "none"
     assert resolve_strategy("none", "tensorflow", 8, {}) == "none"
+
+
+def test_multiworker_on_tensorflow_is_refused_naming_the_way_that_works():
+    """Keras 3 cannot fit under MultiWorkerMirroredStrategy (two local workers fail in model.fit):
+    the suite says so before making anything, explicit or picked by auto from TF_CONFIG."""
+    cluster = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker",
+                                                                                     "index": 0}})}
+    for name, environ in (("multiworker", {}), ("auto", cluster)):
+        with pytest.raises(SuiteError, match="keras-team/keras#20585.*KERAS_BACKEND=jax"):
+            resolve_strategy(name, "tensorflow", 1, environ)
+    assert resolve_strategy("multiworker", "jax", 1, {}) == "multiworker"
+
+
+def test_cli_refuses_multiworker_on_tensorflow_before_any_run_folder(tmp_path, tiny_data, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), "--strategy", "multiworker"]) == 2
+    assert "keras-team/keras#20585" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_bad_strategies_are_refused_with_the_reason():
