@@ -198,6 +198,7 @@ def test_bench_prints_one_json_object_with_both_loops(capsys):
         assert key in result, key
     assert result["suite_train_ips"] > 0 and result["bare_fit_train_ips"] > 0
     assert result["ratio"] == pytest.approx(result["suite_train_ips"] / result["bare_fit_train_ips"], abs=2e-3)
+    assert result["ratio_fastest_epochs"] > 0 and len(result["epoch_train_s"]["suite"]) == 1
     assert result["train_images"] == 24 and result["timed_epochs_per_side"] == 1
     assert result["backend"] == "tensorflow" and result["replicas"] == 1
     assert result["checkpoint"][0]["writes"] >= 1
