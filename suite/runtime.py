@@ -13,9 +13,9 @@ import json
 import os
 from typing import Iterator
 
+from suite.config import STRATEGY_CHOICES as STRATEGIES
 from suite.errors import SuiteError
 
-STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 # Checked here with two local workers (Keras 3.15, TensorFlow 2.21): the cluster forms, then
 # model.fit fails converting a PerReplica batch, the open upstream keras-team/keras#20585.
 TF_MULTIWORKER_UNSUPPORTED = (

@@ -182,8 +182,6 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> tuple[list, list[str]]:
     :class:`BestCheckpoint`), ReduceLROnPlateau as in the reference recipe, the CSV history,
     and early stopping when ``config.early_stopping`` is set.
     """
-    import keras
-
     schedule = schedule_callbacks(config, verbose=1)
     callbacks = [
         BestCheckpoint(run_dir / "model.keras", monitor="val_accuracy"),
