@@ -124,7 +124,7 @@ def _correctness(done: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
 
 def leaderboard(results, manifests, metrics, tiers) -> list[dict]:
     """One row per backbone, ordered by tier then accuracy; failed backbones last, with their error."""
-    from suite.evaluate import leaderboard_row
+    from suite.metrics import leaderboard_row
 
     rows = []
     for r in results:

@@ -180,7 +180,7 @@ def _completed(fold_dir: Path) -> bool:
 
 
 def _score_official_test(fold_dir: Path, prepared, rows) -> None:
-    from suite.evaluate import classification_metrics
+    from suite.metrics import classification_metrics
     from suite.inference import load_run_model
 
     model, _ = load_run_model(fold_dir)

@@ -45,7 +45,7 @@ def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progr
     Images of classes the model never saw are predicted and reported (how many, what
     they were called) but left out of the metrics, which only make sense on known classes.
     """
-    from suite.evaluate import classification_metrics, prediction_rows
+    from suite.metrics import classification_metrics, prediction_rows
     from suite.inference import load_run_model
 
     run_dir = Path(run_dir)

@@ -31,10 +31,10 @@ from typing import Iterable, Mapping, Sequence, TextIO
 
 from suite.errors import SuiteError
 from suite.io import read_json
+from suite.metrics import CI_LOW, is_number, named_figures
+from suite.runs import COMPARISON, CV, MANIFEST, METRICS
 
 DEFAULT = "default"
-CI_LOW = "_ci_low"
-MANIFEST, METRICS, COMPARISON, CV = "manifest.json", "metrics.json", "comparison.json", "cv.json"
 
 _METRIC = r"[A-Za-z][\w\-]*"
 _SYNTAX = re.compile(rf"(?:(?P<backbone>[\w.\-]+)\s*:\s*)?(?P<metric>{_METRIC})"
@@ -131,39 +131,9 @@ def _pair_text(value: float, bound: float) -> tuple[str, str]:
 
 # -- metric names -----------------------------------------------------------------------------------
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _is_interval(x) -> bool:
-    return isinstance(x, (list, tuple)) and len(x) == 2 and all(_is_number(v) for v in x)
-
-
-def _named_figures(metrics: Mapping) -> dict[str, float]:
-    """Every figure a threshold can name, by name (intervals contribute their lower bound)."""
-    out: dict[str, float] = {}
-    per_class = metrics.get("per_class") or {}
-    labels = set(metrics.get("labels") or per_class)
-    for key, value in metrics.items():
-        if _is_number(value):
-            out[key] = float(value)
-        elif _is_interval(value) and key.endswith("_ci"):
-            out[key[:-3] + CI_LOW] = float(value[0])
-        elif isinstance(value, Mapping) and key != "per_class" and labels.issuperset(value):
-            # per-label tables such as roc_auc {label: value}; not settings such as bootstrap
-            out.update({f"{key}_{label}": float(v) for label, v in value.items() if _is_number(v)})
-    for label, entry in per_class.items():
-        for stat, value in entry.items():
-            if _is_number(value):
-                out[f"{stat}_{label}"] = float(value)
-            elif _is_interval(value) and stat.endswith("_ci"):
-                out[f"{stat[:-3]}_{label}{CI_LOW}"] = float(value[0])
-    return out
-
-
 def available_metrics(metrics: Mapping) -> list[str]:
     """The names ``metric_value`` resolves for this metrics.json, sorted."""
-    return sorted(_named_figures(metrics))
+    return sorted(named_figures(metrics))
 
 
 def metric_value(metrics: Mapping, name: str) -> float:
@@ -172,7 +142,7 @@ def metric_value(metrics: Mapping, name: str) -> float:
     Raises:
         MetricNotFound: no such figure; the message suggests near names and lists the labels.
     """
-    figures = _named_figures(metrics)
+    figures = named_figures(metrics)
     if name in figures:
         return figures[name]
     near = difflib.get_close_matches(name, list(figures), n=3, cutoff=0.75)
@@ -215,7 +185,7 @@ def _threshold_entry(path: Path, section: str, key: str, value) -> Threshold:
     where = f"{path}: [{section}] {key}"
     if isinstance(value, dict):
         raise GateError(f"{where} is a table; write bounds as 'metric = minimum' directly under [{section}]")
-    if not _is_number(value) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise GateError(f"{where} = {value!r}: the bound must be a finite number, e.g. {key} = 0.85")
     try:
         return Threshold(key, value, section)

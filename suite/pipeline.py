@@ -187,7 +187,7 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
     import keras
 
     from suite.device import accelerators
-    from suite.evaluate import classification_metrics, prediction_rows
+    from suite.metrics import classification_metrics, prediction_rows
     from suite.inference import time_inference
     from suite.model import set_precision
 
@@ -264,7 +264,7 @@ LEAK_FREE_KEYS = ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "per_cla
 
 def leak_free_metrics(data: PreparedData, y_test, probs) -> dict:
     """Metrics on the test images with no exact or near twin in training or validation."""
-    from suite.evaluate import classification_metrics
+    from suite.metrics import classification_metrics
 
     mask = data.leak_free_test()
     summary = {"n_excluded": int((~mask).sum()), "definition": "test images with no exact or near-duplicate "

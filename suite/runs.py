@@ -1,22 +1,61 @@
-"""Run folders: where they go, what the manifest says."""
+"""The folder format: every file the suite writes, the kinds of folder it makes, and how to read them.
+
+Every command ends in a folder under ``--out``; this module is the one place that names
+their files, tells one kind of folder from another, reads them back (``RunFolder``) and
+checks that a resumed folder was made with the same settings. It imports neither Keras
+nor TensorFlow, so the reporter and the gates can use it on any machine.
+
+Folder kinds (``FOLDER_KINDS``, most specific first):
+    comparison  comparison.json, leaderboard.csv/.json, gradcam.npz, report.html
+    cv          cv.json, fold-K/ run folders (each with official_test_metrics.json), report.html
+    tuning      search.json, tuning.json, keras_tuner/, retrained run folders, report.html
+    audit       audit.json, audit.html
+    evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, report.html
+    run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, logs/, report.html
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import importlib
+import json
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
+from suite.errors import SuiteError
 from suite.io import read_json, write_json_atomic
 
+# -- file names: each spelled here and nowhere else ------------------------------------------------
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 HISTORY = "history.csv"
 MODEL = "model.keras"
+LOGS = "logs"
 REPORT = "report.html"
+INDEX = "index.html"
+COMPARISON = "comparison.json"
+LEADERBOARD_JSON = "leaderboard.json"
+LEADERBOARD_CSV = "leaderboard.csv"
+GRADCAM = "gradcam.npz"
+CV = "cv.json"
+OFFICIAL_TEST = "official_test_metrics.json"
+TUNING = "tuning.json"
+SEARCH = "search.json"
+TRIAL = "suite_trial.json"
+TUNER_PROJECT = "keras_tuner"
+AUDIT = "audit.json"
+AUDIT_REPORT = "audit.html"
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+
+
+def now_iso() -> str:
+    """The local time with its offset, as every record's ``created`` and ``finished`` hold it."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def new_run_dir(out: str | Path, name: str) -> Path:
@@ -31,7 +70,7 @@ def new_run_dir(out: str | Path, name: str) -> Path:
             return candidate
         except FileExistsError:
             continue
-    raise RuntimeError(f"cannot make a new run folder under {out}")
+    raise SuiteError(f"cannot make a new run folder under {out}")
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
@@ -44,3 +83,204 @@ def read_manifest(run_dir: str | Path) -> dict:
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def is_completed_run(path: str | Path) -> bool:
+    """A run folder whose manifest says ``completed`` and whose metrics are there."""
+    path = Path(path)
+    try:
+        return read_manifest(path).get("status") == "completed" and (path / METRICS).is_file()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# -- folder kinds -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FolderKind:
+    """One kind of folder the suite writes.
+
+    Attributes:
+        name: ``run``, ``comparison``, ``cv``, ...
+        marker: the file whose presence makes a folder of this kind.
+        report: ``"module:function"`` writing the kind's report from the folder (imported late,
+            so listing kinds loads nothing heavy); returns the report's path.
+        index_entry: ``"module:function"`` giving the kind's row in ``index.html``.
+        report_file: the report's file name inside the folder.
+        manifest_kind: for kinds sharing ``manifest.json``, the manifest's ``kind`` value.
+    """
+
+    name: str
+    marker: str
+    report: str
+    index_entry: str
+    report_file: str = REPORT
+    manifest_kind: str | None = None
+
+    def matches(self, path: Path) -> bool:
+        if not (path / self.marker).is_file():
+            return False
+        if self.marker != MANIFEST:
+            return True
+        return _manifest_kind(path) == self.manifest_kind
+
+    def write_report(self, path: str | Path) -> Path:
+        return _resolve(self.report)(Path(path))
+
+    def entry(self, path: str | Path) -> dict:
+        return _resolve(self.index_entry)(Path(path))
+
+
+FOLDER_KINDS: dict[str, FolderKind] = {}
+
+
+def register_kind(kind: FolderKind) -> FolderKind:
+    """Add a folder kind; its name must be new. Kinds are tried in registration order."""
+    if kind.name in FOLDER_KINDS:
+        raise ValueError(f"folder kind {kind.name!r} is registered already")
+    FOLDER_KINDS[kind.name] = kind
+    return kind
+
+
+def _manifest_kind(path: Path) -> str | None:
+    """``evaluation`` for an evaluation's manifest, ``None`` for a run's (or an unreadable one)."""
+    try:
+        kind = read_manifest(path).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind != "run" else None
+
+
+def _resolve(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+for _kind in (
+    FolderKind("comparison", COMPARISON, "reports.comparison:write_comparison_report", "reports.index:comparison_entry"),
+    FolderKind("cv", CV, "reports.cv:write_cv_report", "reports.index:cv_entry"),
+    FolderKind("tuning", SEARCH, "reports.tuning:write_tuning_report", "reports.index:tuning_entry"),
+    FolderKind("audit", AUDIT, "reports.audit:write_audit_report", "reports.index:audit_entry",
+               report_file=AUDIT_REPORT),
+    FolderKind("evaluation", MANIFEST, "reports.run:write_run_report", "reports.index:run_entry",
+               manifest_kind="evaluation"),
+    FolderKind("run", MANIFEST, "reports.run:write_run_report", "reports.index:run_entry"),
+):
+    register_kind(_kind)
+
+
+def kind_of(path: str | Path) -> FolderKind | None:
+    """The kind of folder ``path`` is, or ``None`` for a folder the suite did not write."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    return next((k for k in FOLDER_KINDS.values() if k.matches(path)), None)
+
+
+def kind_names() -> list[str]:
+    return list(FOLDER_KINDS)
+
+
+def latest_folder(out: str | Path, kind: str, name: str, accept: Callable[[Path], bool] = lambda p: True) -> Path | None:
+    """The newest ``<out>/<timestamp>-<name>*`` folder of ``kind`` that ``accept`` takes (for a bare ``--resume``)."""
+    for folder in sorted(Path(out).glob(f"*-{name}*"), reverse=True):
+        if FOLDER_KINDS[kind].matches(folder) and accept(folder):
+            return folder
+    return None
+
+
+# -- reading a run folder ---------------------------------------------------------------------------
+
+class RunFolder:
+    """A run or evaluation folder, read back: what its manifest says, its metrics, its model.
+
+    Args:
+        path: the folder (it must hold ``manifest.json``).
+
+    Raises:
+        SuiteError: no manifest, or one that cannot be read.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            manifest = read_manifest(self.path)
+        except FileNotFoundError:
+            raise SuiteError(f"{self.path} is not a run folder (no {MANIFEST})") from None
+        except (OSError, ValueError) as exc:
+            raise SuiteError(f"cannot read {self.path / MANIFEST}: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise SuiteError(f"{self.path / MANIFEST} holds no JSON object")
+        self.manifest = manifest
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(x) for x in self.manifest.get("dataset", {}).get("labels", [])]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["config"]["image_size"])
+
+    @property
+    def backbone(self) -> str:
+        return self.manifest.get("backbone") or self.manifest.get("config", {}).get("backbone", "unknown")
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status") or "unknown")
+
+    @property
+    def config(self) -> dict:
+        return dict(self.manifest.get("config", {}))
+
+    def metrics(self) -> dict:
+        return read_json(self.path / METRICS)
+
+    def load_model(self):
+        """The best checkpoint, as Keras loads it (safe mode on)."""
+        import keras
+
+        path = self.path / MODEL
+        if not path.is_file():
+            raise SuiteError(f"{self.path} has no {MODEL}: the run did not finish training")
+        return keras.saving.load_model(path)
+
+
+# -- resuming -------------------------------------------------------------------------------------------
+
+def check_resume(folder: Path, stored: Mapping[str, Any], current: Mapping[str, Any],
+                 *, may_change: tuple[str, ...] = ()) -> None:
+    """Refuse to resume ``folder`` when the settings it was made with differ from today's.
+
+    Both identities are compared key by key, nested mappings (a resolved ``RunConfig``)
+    setting by setting, after a JSON round trip (tuples read back as lists).
+
+    Raises:
+        SuiteError: naming each changed setting with its old and new value.
+    """
+    old, new = _flat(_as_json(stored)), _flat(_as_json(current))
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+               and not any(k == m or k.startswith(m + ".") for m in may_change)]
+    if changed:
+        detail = "; ".join(f"{k}: was {_show(old.get(k))}, now {_show(new.get(k))}" for k in changed)
+        raise SuiteError(f"cannot resume {folder}: settings differ from the original ({detail}); "
+                         f"start a new one or resume with the original settings")
+
+
+def _as_json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _flat(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key == "config":
+            out.update(_flat(value, ""))
+        else:
+            out[name] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)

@@ -1,4 +1,4 @@
-"""Tests for ``suite.evaluate``: point metrics, bootstrap intervals, calibration and ROC."""
+"""Tests for ``suite.metrics``: point metrics, bootstrap intervals, calibration and ROC."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from suite.evaluate import (
+from suite.metrics import (
     bootstrap_ci,
     classification_metrics,
     expected_calibration_error,
+    leaderboard_columns,
     leaderboard_row,
+    leaderboard_sort_key,
+    named_figures,
     reliability_bins,
     roc_curves,
 )
@@ -254,9 +257,12 @@ def test_metrics_are_strict_json(case):
 
 def test_leaderboard_row(metrics):
     row = leaderboard_row(metrics)
-    expected = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high"]
+    expected = ["backbone", "status", "tier", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1",
+                "macro_f1_ci_low", "macro_f1_ci_high"]
     expected += [f"{key}_{label}" for label in LABELS for key in ("recall", "f1")]
-    assert list(row) == expected + ["roc_auc_macro", "ece"]
+    expected += ["roc_auc_macro", "ece", "params", "train_s", "image_size", "infer_ms_per_image",
+                 "infer_images_per_s", "error"]
+    assert list(row) == expected == leaderboard_columns(LABELS)
     assert row["accuracy_ci_low"] == metrics["accuracy_ci"][0]
     assert row["f1_notumor"] == metrics["per_class"]["notumor"]["f1"]
 
@@ -266,3 +272,26 @@ def test_leaderboard_row_of_an_old_metrics_file():
            "per_class": {"a": {"precision": 1.0, "recall": 0.9, "f1": 0.8, "support": 3}}}
     row = leaderboard_row(old)
     assert row["accuracy_ci_low"] is None and row["ece"] is None and row["recall_a"] == 0.9
+
+
+def test_leaderboard_row_takes_run_facts_from_the_manifest(metrics):
+    manifest = {"backbone": "mobilenetv2", "status": "completed", "params": 1234,
+                "timings": {"train_s": 5.5}, "config": {"image_size": 64}}
+    row = leaderboard_row(metrics, manifest, tier=1)
+    assert (row["backbone"], row["params"], row["train_s"], row["image_size"], row["tier"]) == \
+        ("mobilenetv2", 1234, 5.5, 64, 1)
+
+
+def test_named_figures_flattens_intervals_per_class_and_label_tables(metrics):
+    figures = named_figures(metrics)
+    assert figures["accuracy_ci_high"] == metrics["accuracy_ci"][1]
+    assert figures["recall_glioma_ci_low"] == metrics["per_class"]["glioma"]["recall_ci"][0]
+    assert figures["roc_auc_glioma"] == metrics["roc_auc"]["glioma"]
+    assert not any(name.startswith("bootstrap") for name in figures)
+
+
+def test_leaderboard_sort_key_puts_tiers_then_accuracy_then_failures_last():
+    rows = [{"backbone": "a", "status": "failed"}, {"backbone": "b", "status": "completed", "tier": 2, "accuracy": .9},
+            {"backbone": "c", "status": "completed", "tier": 1, "accuracy": .8},
+            {"backbone": "d", "status": "completed", "tier": 1, "accuracy": .85}]
+    assert [r["backbone"] for r in sorted(rows, key=leaderboard_sort_key)] == ["d", "c", "b", "a"]

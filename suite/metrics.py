@@ -8,7 +8,7 @@ resamples cost milliseconds instead of a thousand scikit-learn calls.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -70,36 +70,107 @@ def classification_metrics(
     }
 
 
-def leaderboard_row(metrics: dict) -> dict:
-    """One flat row of a leaderboard table from a :func:`classification_metrics` dict.
+# ----------------------------------------------------------------------------------
+# One schema: named figures and the leaderboard
+# ----------------------------------------------------------------------------------
+
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+# Leaderboard columns before and after the per-class ones; ``recall_<label>`` and
+# ``f1_<label>`` come between them, in label order.
+LEADERBOARD_HEAD = ("backbone", "status", "tier", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                    "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high")
+LEADERBOARD_TAIL = ("roc_auc_macro", "ece", "params", "train_s", "image_size", "infer_ms_per_image",
+                    "infer_images_per_s", "error")
+PER_CLASS_COLUMNS = ("recall", "f1")
+# From the manifest, not metrics.json: (column, path in the manifest).
+MANIFEST_COLUMNS = (("params", ("params",)), ("train_s", ("timings", "train_s")),
+                    ("image_size", ("config", "image_size")))
+
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_interval(x) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) == 2 and all(v is None or is_number(v) for v in x)
+
+
+def named_figures(metrics: Mapping) -> dict[str, float]:
+    """Every figure of a ``metrics.json`` by one flat name: the one schema gates, CV and leaderboards read.
+
+    ``accuracy``; an interval ``accuracy_ci`` gives ``accuracy_ci_low`` and ``accuracy_ci_high``;
+    per-class statistics become ``<stat>_<label>`` (``recall_glioma``, ``f1_glioma_ci_low``);
+    per-label tables such as ``roc_auc`` become ``roc_auc_<label>``. Settings (``bootstrap``),
+    curves and matrices are not figures. A missing or ``None`` value is left out.
+    """
+    out: dict[str, float] = {}
+    per_class = metrics.get("per_class") or {}
+    labels = set(metrics.get("labels") or per_class)
+    for key, value in metrics.items():
+        if key == "per_class":
+            continue
+        out.update(_figures_of(key, value))
+        if isinstance(value, Mapping) and value and labels.issuperset(value):
+            out.update({f"{key}_{label}": float(v) for label, v in value.items() if is_number(v)})
+    for label, entry in per_class.items():
+        for stat, value in entry.items():
+            out.update(_figures_of(stat, value, f"_{label}"))
+    return out
+
+
+def _figures_of(key: str, value, suffix: str = "") -> dict[str, float]:
+    if is_number(value):
+        return {f"{key}{suffix}": float(value)}
+    if _is_interval(value) and key.endswith("_ci"):
+        base = f"{key[:-3]}{suffix}"
+        return {f"{base}{end}": float(v) for end, v in zip((CI_LOW, CI_HIGH), value) if v is not None}
+    return {}
+
+
+def leaderboard_columns(labels: Sequence[str]) -> list[str]:
+    """The leaderboard's columns for these class labels, in order."""
+    per_class = [f"{stat}_{label}" for label in labels for stat in PER_CLASS_COLUMNS]
+    return [*LEADERBOARD_HEAD, *per_class, *LEADERBOARD_TAIL]
+
+
+def leaderboard_row(metrics: Mapping | None, manifest: Mapping | None = None, *,
+                    labels: Sequence[str] | None = None, **given) -> dict:
+    """One leaderboard row from a run's ``metrics.json`` and ``manifest.json``.
 
     Args:
-        metrics: the dict written to ``metrics.json``. Keys added after the first release
-            (intervals, AUC, ECE) may be missing from older run folders; they become ``None``
-            so old runs still list.
+        metrics: the run's metrics (``None`` or ``{}`` for a run that has none). Keys added
+            after the first release (intervals, AUC, ECE) may be missing from older run
+            folders; they become ``None`` so old runs still list.
+        manifest: the run's manifest, for parameters, training time and image size.
+        labels: the class labels of the per-class columns (default: the metrics' own).
+        **given: values of other columns (``backbone``, ``status``, ``tier``, ``error``).
 
     Returns:
-        ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``macro_f1``,
-        ``macro_f1_ci_low``, ``macro_f1_ci_high``, then ``recall_<label>`` and ``f1_<label>``
-        for each label in order, then ``roc_auc_macro`` and ``ece``.
+        Every column of :func:`leaderboard_columns`, ``None`` where unknown.
     """
-    acc_low, acc_high = metrics.get("accuracy_ci") or (None, None)
-    f1_low, f1_high = metrics.get("macro_f1_ci") or (None, None)
-    row = {
-        "accuracy": metrics["accuracy"],
-        "accuracy_ci_low": acc_low,
-        "accuracy_ci_high": acc_high,
-        "macro_f1": metrics["macro_f1"],
-        "macro_f1_ci_low": f1_low,
-        "macro_f1_ci_high": f1_high,
-    }
-    for label in metrics["labels"]:
-        stats = metrics["per_class"].get(label, {})
-        row[f"recall_{label}"] = stats.get("recall")
-        row[f"f1_{label}"] = stats.get("f1")
-    row["roc_auc_macro"] = metrics.get("roc_auc_macro")
-    row["ece"] = metrics.get("ece")
+    metrics, manifest = metrics or {}, manifest or {}
+    figures = named_figures(metrics)
+    labels = list(labels if labels is not None else metrics.get("labels") or metrics.get("per_class") or [])
+    row = {column: figures.get(column) for column in leaderboard_columns(labels)}
+    for column, path in MANIFEST_COLUMNS:
+        row[column] = _dig(manifest, path)
+    row.update(backbone=manifest.get("backbone"), status=manifest.get("status"), error=manifest.get("error"))
+    row.update(given)
     return row
+
+
+def _dig(mapping: Mapping, path: Sequence[str]):
+    for key in path:
+        mapping = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return mapping
+
+
+def leaderboard_sort_key(row: Mapping) -> tuple:
+    """Completed before failed, then tier (ranked before unranked), then accuracy, best first."""
+    accuracy = row.get("accuracy")
+    tier = row.get("tier")
+    return (row.get("status") != "completed", tier is None, tier or 0, accuracy is None, -(accuracy or 0.0),
+            str(row.get("backbone")))
 
 
 def prediction_rows(paths, y_true, probs, labels) -> tuple[list[str], list[list]]:
