@@ -1,5 +1,6 @@
 """Registry of backbones. Importing this package registers the built-in ones."""
 
+from backbones import keras_apps  # noqa: F401  (registers the built-in specs)
 from backbones._registry import (
     PREPROCESSING_MODES,
     BackboneSpec,
@@ -9,7 +10,6 @@ from backbones._registry import (
     list_backbones,
     register_backbone,
 )
-from backbones import keras_apps  # noqa: F401  (registers the built-in specs)
 
 __all__ = [
     "PREPROCESSING_MODES",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 # Input scalings the Keras applications expect, applied inside the model so that a
 # saved model always takes raw RGB 0-255 images:

@@ -90,7 +90,7 @@ def sequential_pil_loop(paths, size: int) -> float:
 
 def training_ratio(args) -> dict:
     """(c): ``suite bench`` (the suite's image cache and loop against a bare ``model.fit``)."""
-    from suite.bench import BenchSettings, bench
+    from suite.commands.bench import BenchSettings, bench
 
     steps = max(1, args.train_images // 32)
     result = bench({"backbone": args.backbone, "image_size": args.image_size, "batch_size": 32},

@@ -45,7 +45,7 @@ def parse_args(argv=None):
 
 
 def search(runner_cls, prepared, settings, space, folder: Path) -> dict:
-    from suite.tune import collect_trials, run_search
+    from suite.trials import collect_trials, run_search
 
     runner = runner_cls(prepared, settings.objective, settings.cv, space.names, log=lambda m: None)
     start, cpu = time.perf_counter(), time.process_time()
@@ -103,8 +103,9 @@ def main(argv=None) -> int:
 
     embeddings.embeddings_folder = lambda: embedding_cache  # an empty cache: the fast path pays for it
 
-    from suite.pipeline import prepare
-    from suite.tune import HeadTrials, ImageTrials, TuneSettings, plan_space
+    from suite.commands.run import prepare
+    from suite.commands.tune import TuneSettings, plan_space
+    from suite.trials import HeadTrials, ImageTrials
 
     flags = {"data": args.data, "backbone": args.backbone, "image_size": args.image_size, "epochs": args.epochs,
              "weights": "none", "finetune": "head", "seed": args.seed}

@@ -1,19 +1,35 @@
-"""The dataset audit report: leakage, duplicates, label conflicts, file facts, example pairs.
+"""The dataset audit report: an audit folder -> load_audit -> audit_context -> render_audit -> audit.html.
 
-``audit_context`` turns the dict :func:`suite.audit.audit` returns into a flat context of
-plain values (thumbnails as ``data:`` URIs read from the dataset folder), and
-``render_audit`` fills ``audit.html.j2`` (autoescaped). Writing is the caller's job
-(:func:`suite.audit.write_audit`).
+``audit_context`` turns the dict :func:`suite.data.audit.audit` returns (or the audit
+record, ``runs.AUDIT``, read back) into a flat context of plain values, thumbnails as
+``data:`` URIs read from the dataset folder; ``render_audit`` fills ``audit.html.j2``
+(autoescaped). :func:`suite.data.audit.write_audit` writes the page beside the record it
+has just computed; ``write_audit_report`` re-renders it from a folder. Leakage,
+duplicates, label conflicts, file facts and example pairs; never imports Keras or TensorFlow.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import pathlib
 from typing import Any, Mapping
 
-from reports.render import _as_dict, _as_list, _banner, _environment, class_count_table, fmt_int, fmt_seconds, fmt_value
+from reports.toolkit import (
+    DASH,
+    as_dict,
+    as_list,
+    banner,
+    class_count_table,
+    fmt_int,
+    fmt_seconds,
+    fmt_share,
+    fmt_value,
+    read_json,
+    render,
+    synthetic_banner,
+    thumbnail_uri,
+    write_html,
+)
+from suite import runs
 
 THUMB_SIZE = 128
 _CATEGORY_TEXT = {
@@ -28,40 +44,13 @@ _CATEGORY_TEXT = {
 }
 
 
-def _pct(part: Any, whole: Any) -> str:
-    try:
-        return f"{100 * float(part) / float(whole):.1f}%" if float(whole) else "\u2014"
-    except (TypeError, ValueError):
-        return "\u2014"
-
-
-def _thumb_uri(path: pathlib.Path, cache: dict, size: int = THUMB_SIZE) -> str | None:
-    """A small JPEG of the image at ``path`` as a ``data:`` URI, or ``None`` if unreadable."""
-    if path in cache:
-        return cache[path]
-    from PIL import Image
-
-    from reports.plots import _to_rgb
-
-    uri = None
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # cheap JPEG down-scaling; no-op otherwise
-            rgb = _to_rgb(image)
-        rgb.thumbnail((size, size))
-        buf = io.BytesIO()
-        rgb.save(buf, format="JPEG", quality=85)
-        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    except Exception:  # noqa: BLE001 - an unreadable file becomes a placeholder
-        uri = None
-    cache[path] = uri
-    return uri
-
-
 def _side(file: Mapping, root: pathlib.Path, cache: dict) -> dict:
+    """One image of an example pair; ``cache`` keeps an image shown in several pairs from being read twice."""
     rel = str(file.get("path") or "")
+    if rel and rel not in cache:
+        cache[rel] = thumbnail_uri(root / rel, THUMB_SIZE, jpeg=True)
     return {"path": rel, "split": str(file.get("split") or ""), "label": str(file.get("label") or ""),
-            "thumb": _thumb_uri(root / rel, cache) if rel else None}
+            "thumb": cache.get(rel)}
 
 
 def _example_sections(examples: Mapping, root: pathlib.Path) -> list[dict]:
@@ -77,7 +66,7 @@ def _example_sections(examples: Mapping, root: pathlib.Path) -> list[dict]:
                 "b": _side(_as_dict(item.get("b")), root, cache),
                 "kind": str(item.get("kind") or ""),
                 "distance": fmt_value(item.get("distance")),
-                "score": "\u2014" if score is None else f"{float(score):.3f}",
+                "score": DASH if score is None else f"{float(score):.3f}",
             })
         total = int(block.get("total") or 0)
         sections.append({"id": key.replace("_", "-"), "title": title, "text": text,
@@ -94,7 +83,7 @@ def _histograms(headers: Mapping) -> list[dict]:
         total = sum(int(r.get("count", 0)) for r in rows) or 1
         out.append({"title": title, "rows": [
             {"value": str(r.get("value")), "count": fmt_int(r.get("count")),
-             "pct": _pct(r.get("count"), total), "width": round(100 * int(r.get("count", 0)) / total, 1)}
+             "pct": fmt_share(r.get("count"), total), "width": round(100 * int(r.get("count", 0)) / total, 1)}
             for r in rows]})
     return out
 
@@ -125,7 +114,7 @@ def _headline(result: Mapping) -> list[dict]:
                        ("cross_split_cluster", "test images in a cluster with a training image")):
         value = int(result.get(key) or 0)
         items.append({"value": fmt_int(value) if applicable else "n/a", "label": label,
-                      "detail": f"{_pct(value, n_test)} of {fmt_int(n_test)} test images" if applicable else "",
+                      "detail": f"{fmt_share(value, n_test)} of {fmt_int(n_test)} test images" if applicable else "",
                       "alert": applicable and value > 0})
     items.append({"value": fmt_int(result.get("label_conflicts")), "label": "label conflicts (clusters)",
                   "detail": f"{fmt_int(result.get('label_conflict_images'))} images involved",
@@ -140,22 +129,21 @@ def _banners(result: Mapping) -> list[dict]:
     leak = _as_dict(result.get("leakage"))
     banners = []
     if dataset.get("synthetic"):
-        banners.append(_banner("synthetic", "Synthetic phantom data, not real MRI",
-                               "This dataset is synthetic: its duplicates say nothing about real scans.",
-                               dataset.get("description")))
+        banners.append(synthetic_banner("This dataset is synthetic: its duplicates say nothing about real scans.",
+                                        dataset.get("description")))
     if leak.get("applicable") and result.get("cross_split_near"):
-        banners.append(_banner(
+        banners.append(banner(
             "error", "Test images leak from training",
             f"{fmt_int(result.get('cross_split_near'))} of {fmt_int(leak.get('test_images'))} test images have an "
             f"exact or near twin in training ({fmt_int(result.get('cross_split_exact'))} byte-identical): "
             "accuracy on the official test split is inflated."))
     if result.get("label_conflicts"):
-        banners.append(_banner("warning", "Label conflicts",
+        banners.append(banner("warning", "Label conflicts",
                                f"{fmt_int(result.get('label_conflicts'))} groups of the same image carry "
                                "more than one label."))
     skipped = _as_list(result.get("skipped"))
     if skipped:
-        banners.append(_banner("warning", "Skipped files",
+        banners.append(banner("warning", "Skipped files",
                                f"{len(skipped)} files could not be decoded as images; see the list below."))
     return banners
 
@@ -164,7 +152,7 @@ def audit_context(result: Mapping) -> dict:
     """Build the flat template context of an audit.
 
     Args:
-        result: the dict :func:`suite.audit.audit` returns (or ``audit.json`` read back).
+        result: the dict :func:`suite.data.audit.audit` returns (or ``audit.json`` read back).
 
     Returns:
         A dict of strings, numbers, booleans, lists and dicts for ``audit.html.j2``.
@@ -187,8 +175,8 @@ def audit_context(result: Mapping) -> dict:
         "leakage_applicable": bool(leak.get("applicable")),
         "leakage_note": str(leak.get("note") or ""),
         "by_class": [{"label": str(label), "test": fmt_int(v.get("test")),
-                      "exact": fmt_int(v.get("exact")), "exact_pct": _pct(v.get("exact"), v.get("test")),
-                      "near": fmt_int(v.get("near")), "near_pct": _pct(v.get("near"), v.get("test"))}
+                      "exact": fmt_int(v.get("exact")), "exact_pct": fmt_share(v.get("exact"), v.get("test")),
+                      "near": fmt_int(v.get("near")), "near_pct": fmt_share(v.get("near"), v.get("test"))}
                      for label, v in _as_dict(result.get("cross_split_by_class")).items()],
         "n_files": fmt_int(counts.get("files")),
         "n_images": fmt_int(counts.get("images")),
@@ -209,6 +197,26 @@ def audit_context(result: Mapping) -> dict:
     }
 
 
+def load_audit(folder) -> dict:
+    """The audit record of an audit folder.
+
+    Raises:
+        FileNotFoundError: if the folder has no readable audit record.
+    """
+    folder = pathlib.Path(folder)
+    problems: list[str] = []
+    result = read_json(folder / runs.AUDIT, problems)
+    if result is None:
+        raise FileNotFoundError(f"{folder} is not an audit folder: {'; '.join(problems) or f'no {runs.AUDIT}'}")
+    return result
+
+
 def render_audit(result: Mapping) -> str:
-    """The complete ``audit.html`` document for an audit result."""
-    return _environment().get_template("audit.html.j2").render(**audit_context(result))
+    """The complete audit page, as HTML text, for an audit result."""
+    return render("audit.html.j2", audit_context(result))
+
+
+def write_audit_report(folder) -> pathlib.Path:
+    """Re-render an audit folder's page from its record; returns the page's path (``runs.AUDIT_REPORT``)."""
+    folder = pathlib.Path(folder)
+    return write_html(folder / runs.AUDIT_REPORT, render_audit(load_audit(folder)))

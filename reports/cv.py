@@ -1,74 +1,123 @@
-"""The cross-validation report: folds, mean, spread and interval, from ``cv.json`` alone."""
+"""The cross-validation report: a CV folder -> load_cv -> cv_context -> render_cv -> report.html.
+
+Everything comes from the CV record (``runs.CV``): per-fold figures, their mean, spread
+and interval across folds, and the official test split's. Each fold is a run folder
+with its own report; this page links to them. Never imports Keras or TensorFlow.
+"""
 
 from __future__ import annotations
 
-import json
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from reports.render import _atomic_write_text, _banner, _environment, fmt3
-
-REPORT_NAME = "report.html"
+from reports.toolkit import (
+    as_dict,
+    as_list,
+    banner,
+    fmt3,
+    fmt_created,
+    fmt_value,
+    href,
+    input_banners,
+    read_json,
+    render,
+    synthetic_banner,
+    write_html,
+)
+from suite import runs
 
 
 def load_cv(cv_dir) -> dict:
+    """Read a CV folder.
+
+    Returns:
+        ``{"cv_dir", "cv", "problems"}``: the CV record and what could not be read.
+
+    Raises:
+        FileNotFoundError: if ``cv_dir`` has no readable CV record.
+    """
     cv_dir = pathlib.Path(cv_dir)
-    return json.loads((cv_dir / "cv.json").read_text(encoding="utf-8"))
+    problems: list[str] = []
+    cv = read_json(cv_dir / runs.CV, problems)
+    if cv is None:
+        raise FileNotFoundError(f"{cv_dir} is not a CV folder: {'; '.join(problems) or f'no {runs.CV}'}")
+    return {"cv_dir": str(cv_dir), "cv": cv, "problems": problems}
 
 
-def _interval(summary: Mapping, name: str) -> str:
-    if name not in summary.get("mean", {}):
+def fmt_spread(summary: Mapping, name: str) -> str:
+    """``"0.812 ± 0.021 [0.786, 0.838]"``: mean ± std [interval] of ``name`` in a CV summary, or ``""``."""
+    mean, std, ci = (as_dict(summary.get(part)) for part in ("mean", "std", "ci"))
+    if name not in mean:
         return ""
-    low, high = summary["ci"][name]
-    return f"{fmt3(summary['mean'][name])} ± {fmt3(summary['std'][name])} [{fmt3(low)}, {fmt3(high)}]"
+    low, high = (as_list(ci.get(name)) + [None, None])[:2]
+    return f"{fmt3(mean[name])} ± {fmt3(std.get(name))} [{fmt3(low)}, {fmt3(high)}]"
 
 
-def _fold_rows(cv: Mapping, names: list[str]) -> list[dict]:
+def _fold_link(cv_dir: pathlib.Path, fold: Mapping) -> str | None:
+    run_dir = fold.get("run_dir")
+    if not run_dir or not (cv_dir / str(run_dir) / runs.REPORT).is_file():
+        return None
+    return href(str(run_dir)) + "/" + runs.REPORT
+
+
+def _fold_rows(cv_dir: pathlib.Path, folds: Sequence[Mapping], names: Sequence[str]) -> list[dict]:
     rows = []
-    for fold in cv.get("folds", []):
-        figures = fold.get("metrics", {})
+    for fold in folds:
+        figures = as_dict(fold.get("metrics"))
+        official = fold.get("official_test")
         rows.append({
-            "fold": fold["fold"],
-            "status": fold["status"],
-            "error": fold.get("error") or "",
-            "link": f"{fold['run_dir']}/report.html",
-            "values": [fmt3(figures.get(n)) if n in figures else "" for n in names],
-            "official": fmt3(fold.get("official_test", {}).get("accuracy")) if "official_test" in fold else "",
+            "fold": fmt_value(fold.get("fold")),
+            "status": str(fold.get("status") or "unknown"),
+            "error": str(fold.get("error") or ""),
+            "link": _fold_link(cv_dir, fold),
+            "values": [fmt3(figures[n]) if n in figures else "" for n in names],
+            "official": fmt3(as_dict(official).get("accuracy")) if official else "",
         })
     return rows
 
 
-def cv_context(cv: Mapping) -> dict[str, Any]:
-    labels = list(cv.get("labels", []))
+def _banners(cv: Mapping, folds: Sequence[Mapping], problems: Sequence[str]) -> list[dict]:
+    banners = [banner("error", f"Fold {fold.get('fold')} failed", fold.get("error") or "no error recorded")
+               for fold in folds if fold.get("status") not in ("completed", "running")]
+    if as_dict(cv.get("dataset")).get("synthetic"):
+        banners.append(synthetic_banner("These folds used synthetic phantom data: the figures say nothing "
+                                        "about real scans.", as_dict(cv.get("dataset")).get("description")))
+    if cv.get("status") == "running":
+        banners.append(banner("note", "Unfinished", f"{len(folds)} of {fmt_value(cv.get('k'))} folds on record: "
+                              "the cross-validation is running, or stopped before it finished (resume it)."))
+    return banners + input_banners(problems)
+
+
+def cv_context(loaded: Mapping) -> dict[str, Any]:
+    """The flat template context of a CV report, from :func:`load_cv`'s dict."""
+    cv, cv_dir = as_dict(loaded.get("cv")), pathlib.Path(loaded.get("cv_dir") or ".")
+    labels = [str(label) for label in as_list(cv.get("labels"))]
     names = ["accuracy", "macro_f1"] + [f"recall_{label}" for label in labels]
-    banners = []
-    if cv.get("dataset", {}).get("synthetic"):
-        banners.append(_banner("synthetic", "Synthetic phantom data, not real MRI",
-                               "These folds used synthetic phantom data: the figures say nothing about real scans."))
-    for fold in cv.get("folds", []):
-        if fold["status"] != "completed":
-            banners.append(_banner("error", f"Fold {fold['fold']} failed", fold.get("error") or "no error recorded"))
-    official = cv.get("official_test", {})
+    folds = [as_dict(fold) for fold in as_list(cv.get("folds"))]
+    official = as_dict(cv.get("official_test"))
     return {
-        "cv_id": cv.get("cv_id", ""),
-        "backbone": cv.get("backbone", ""),
-        "k": cv.get("k"),
-        "status": cv.get("status", ""),
-        "created": cv.get("created", ""),
-        "dataset_name": cv.get("dataset", {}).get("name", ""),
-        "banners": banners,
+        "cv_id": str(cv.get("cv_id") or cv_dir.name),
+        "backbone": str(cv.get("backbone") or ""),
+        "k": fmt_value(cv.get("k")),
+        "status": str(cv.get("status") or "unknown"),
+        "created": fmt_created(cv.get("created")),
+        "dataset_name": str(as_dict(cv.get("dataset")).get("name") or ""),
+        "banners": _banners(cv, folds, loaded.get("problems") or []),
         "names": names,
-        "folds": _fold_rows(cv, names),
-        "summary": [{"name": n, "value": _interval(cv, n)} for n in names if n in cv.get("mean", {})],
-        "official": [{"name": n, "value": _interval(official, n)} for n in names if n in official.get("mean", {})],
-        "config": [{"key": k, "value": str(v)} for k, v in sorted(cv.get("config", {}).items())],
+        "folds": _fold_rows(cv_dir, folds, names),
+        "summary": [{"name": n, "value": fmt_spread(cv, n)} for n in names if n in as_dict(cv.get("mean"))],
+        "official": [{"name": n, "value": fmt_spread(official, n)} for n in names
+                     if n in as_dict(official.get("mean"))],
+        "config": [{"key": k, "value": fmt_value(v)} for k, v in sorted(as_dict(cv.get("config")).items())],
     }
 
 
+def render_cv(context: Mapping) -> str:
+    """The complete CV report, as HTML text, from :func:`cv_context`'s dict."""
+    return render("cv.html.j2", context)
+
+
 def write_cv_report(cv_dir) -> pathlib.Path:
-    """Render ``cv_dir/report.html`` from ``cv_dir/cv.json``."""
+    """Load a CV folder, render its report and write it into the folder; returns the report's path."""
     cv_dir = pathlib.Path(cv_dir)
-    html = _environment().get_template("cv.html.j2").render(**cv_context(load_cv(cv_dir)))
-    path = cv_dir / REPORT_NAME
-    _atomic_write_text(path, html)
-    return path
+    return write_html(cv_dir / runs.REPORT, render_cv(cv_context(load_cv(cv_dir))))

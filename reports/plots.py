@@ -1,5 +1,7 @@
-"""Pure plotting helpers for run reports: each returns PNG bytes.
+"""Drawing for the reports: each function returns PNG (or JPEG) bytes; the report modules embed them.
 
+Sits between a report's context step and its template: a context builder passes plain
+numbers in and gets image bytes back, which :func:`reports.toolkit.data_uri` embeds.
 Matplotlib is imported lazily inside the functions and driven through
 ``matplotlib.figure.Figure`` plus ``FigureCanvasAgg`` directly, so nothing here touches
 pyplot's global state or the user's selected backend. Thumbnails use Pillow only.
@@ -7,10 +9,9 @@ pyplot's global state or the user's selected backend. Thumbnails use Pillow only
 
 from __future__ import annotations
 
-import base64
 import io
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,16 +22,8 @@ _LR_COLOUR = "#059669"
 _MAX_TICK_LABEL = 18
 
 
-def to_data_uri(png_bytes: bytes) -> str:
-    """Wrap PNG bytes as a ``data:image/png;base64,...`` URI for embedding in HTML.
-
-    Args:
-        png_bytes: the encoded PNG image.
-
-    Returns:
-        The data URI as a plain ASCII string.
-    """
-    return "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii")
+class NothingToPlot(ValueError):
+    """Raised when a figure would be empty (no series has a plottable value)."""
 
 
 def _new_figure(width: float, height: float):
@@ -220,11 +213,11 @@ def training_curves_png(history_rows: Sequence[Mapping]) -> bytes:
         PNG bytes with one panel per quantity present.
 
     Raises:
-        ValueError: if no column has a plottable value.
+        NothingToPlot: if no column has a plottable value.
     """
     panels = curve_panels(history_rows)
     if not panels:
-        raise ValueError("history has no accuracy, loss or learning-rate values")
+        raise NothingToPlot("history has no accuracy, loss or learning-rate values")
     fig = _new_figure(4.2 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
@@ -275,6 +268,15 @@ def thumbnail_png(path, size: int = 96) -> bytes | None:
     Returns:
         PNG bytes, or ``None`` when the file is missing or cannot be decoded.
     """
+    return _thumbnail(path, size, "PNG", optimize=True)
+
+
+def thumbnail_jpeg(path, size: int = 128) -> bytes | None:
+    """:func:`thumbnail_png` as a JPEG (quality 85): much smaller, for pages that show many."""
+    return _thumbnail(path, size, "JPEG", quality=85)
+
+
+def _thumbnail(path, size: int, image_format: str, **options) -> bytes | None:
     from PIL import Image
 
     try:
@@ -283,15 +285,10 @@ def thumbnail_png(path, size: int = 96) -> bytes | None:
             rgb = _to_rgb(image)
         rgb.thumbnail((size, size))
         buf = io.BytesIO()
-        rgb.save(buf, format="PNG", optimize=True)
+        rgb.save(buf, format=image_format, **options)
         return buf.getvalue()
     except Exception:  # noqa: BLE001 - any unreadable file becomes a placeholder
         return None
-
-
-def thumbnails(paths: Iterable, size: int = 96) -> list[bytes | None]:
-    """:func:`thumbnail_png` for each path, in order."""
-    return [thumbnail_png(path, size) for path in paths]
 
 
 # ----------------------------------------------------------------------------------
@@ -302,10 +299,6 @@ _PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed",
             "#0891b2", "#db2777", "#4b5563", "#65a30d", "#9333ea")
 _GRID = "#e5e7eb"
 _LEGEND_LABEL = 28
-
-
-class NothingToPlot(ValueError):
-    """Raised when a figure would be empty (no series has a plottable value)."""
 
 
 def series_colour(index: int) -> str:

@@ -1,14 +1,31 @@
-"""Command line: argparse subcommands that turn flags into calls. No logic lives here."""
+"""Command line: argparse subcommands, shared argument groups and converters; dispatch to ``suite.commands``.
+
+Flags are checked here (a converter rejects a bad value with one line); configuration is
+resolved in ``suite.config.resolve_config``; each subcommand's ``main(args)`` in
+``suite.commands.<name>`` does the work. Nothing here imports TensorFlow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
 
-from suite.config import AUGMENT_CHOICES, DEDUP_MODES, FINETUNE_PATTERN, PRECISION_CHOICES, STRATEGY_CHOICES
+from suite.config import (
+    AUGMENT_CHOICES,
+    DEDUP_MODES,
+    FINETUNE_PATTERN,
+    PRECISION_CHOICES,
+    PROTOCOLS,
+    STRATEGY_CHOICES,
+    USER_FIELDS,
+    RunConfig,
+)
 from suite.errors import SuiteError
+
+# -- converters: a bad value ends as one argparse error line ---------------------------------------
 
 
 def _backbone(name: str) -> str:
@@ -55,18 +72,21 @@ def _fraction(value: str) -> float:
     return x
 
 
-def _positive_int(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return n
+def _int_at_least(minimum: int, what: str = "an integer"):
+    """A converter taking integers of at least ``minimum``."""
+    def convert(value: str) -> int:
+        n = int(value)
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what} of at least {minimum}, got {value}")
+        return n
+
+    convert.__name__ = f"integer >= {minimum}"  # what argparse names in "invalid ... value"
+    return convert
 
 
-def _image_size(value: str) -> int:
-    n = int(value)
-    if n < 32:
-        raise argparse.ArgumentTypeError(f"image size must be at least 32 px, got {value}")
-    return n
+_positive_int = _int_at_least(1, "a positive integer")
+_image_size = _int_at_least(32, "an image size in px")
+_folds = _int_at_least(2, "a number of folds")
 
 
 def _weights(value: str) -> str:
@@ -79,13 +99,6 @@ def _weights(value: str) -> str:
     return value
 
 
-def _folds(value: str) -> int:
-    n = int(value)
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"cross-validation needs at least 2 folds, got {value}")
-    return n
-
-
 def _search_space(value: str):
     from suite.search_space import load_space
 
@@ -93,6 +106,94 @@ def _search_space(value: str):
         return load_space(Path(value).expanduser())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def flag(field: str) -> str:
+    """``image_size`` -> ``--image-size``: every RunConfig setting has the flag of its name."""
+    return "--" + field.replace("_", "-")
+
+
+# -- the run flags: one per RunConfig field, help naming RunConfig's default -----------------------
+
+_D = RunConfig()
+RUN_FLAGS: dict[str, dict] = {
+    "backbone": dict(type=_backbone, help=f"registered backbone (default: {_D.backbone})"),
+    "data": dict(help="dataset folder: DIR/Training/<class>/ + DIR/Testing/<class>/, or DIR/<class>/ "
+                      "(default: the synthetic phantom dataset)"),
+    "out": dict(help=f"folder for result folders (default: {_D.out})"),
+    "image_size": dict(type=_image_size, help="square input size in px, the same for every backbone "
+                       f"(default: the dataset card's, else {_D.image_size})"),
+    "epochs": dict(type=_positive_int, help=f"default: the dataset card's, else {_D.epochs}"),
+    "batch_size": dict(type=_positive_int, help=f"global batch (default: {_D.batch_size})"),
+    "learning_rate": dict(type=float, help=f"Adam learning rate (default: {_D.learning_rate:g})"),
+    "dropout": dict(type=float, help=f"dropout before the classifier (default: {_D.dropout})"),
+    "finetune": dict(type=_finetune, help=f"all, head, or top:N (default: {_D.finetune})"),
+    "augment": dict(choices=AUGMENT_CHOICES, help=f"training-time augmentation (default: {_D.augment})"),
+    "val_fraction": dict(type=_fraction, help=f"validation share of training (default: {_D.val_fraction})"),
+    "test_fraction": dict(type=_fraction, help="test share of a single-folder dataset "
+                          f"(default: {_D.test_fraction})"),
+    "seed": dict(type=int, help=f"split, initialisation and shuffling seed (default: {_D.seed})"),
+    "weights": dict(type=_weights, help=f"auto, imagenet, none, or a weights file (default: {_D.weights})"),
+    "precision": dict(choices=PRECISION_CHOICES, help="auto (default: bf16 on a GPU, fp32 on a CPU), fp32, "
+                      "bf16, fp16"),
+    "early_stopping": dict(type=_positive_int, metavar="PATIENCE",
+                           help="stop after PATIENCE epochs without val_accuracy gain (default: off)"),
+    "workers": dict(type=_positive_int, help="decoding processes (default: all cores)"),
+    "protocol": dict(choices=tuple(PROTOCOLS), help="reference: the original notebook's recipe (Training+Testing "
+                     "pooled, random 10%% test split, seed 101, 150 px, 12 epochs, batch 32); flags still "
+                     f"override it (default: {_D.protocol})"),
+    "dedup": dict(choices=DEDUP_MODES, help="leakage firewall against duplicate images: off, report (leak-free "
+                  "test metrics beside the full ones), group (a duplicate cluster never straddles "
+                  "train/val/test or folds), drop (test images with a training twin are removed) "
+                  f"(default: {_D.dedup})"),
+    "strategy": dict(choices=STRATEGY_CHOICES, help="auto (default: mirrored over several local GPUs, "
+                     "multiworker when JAX_COORDINATOR_ADDRESS describes a cluster, else none), none, mirrored, "
+                     "multiworker (JAX only: Keras 3 cannot fit under TensorFlow's multi-worker strategy); "
+                     "--batch-size is the global batch, split across replicas"),
+    "cpu_devices": dict(type=_positive_int, metavar="N",
+                        help="split the CPU into N logical devices (mirrored training on one CPU)"),
+}
+assert tuple(RUN_FLAGS) == USER_FIELDS, "every RunConfig setting a user gives needs its flag here"
+DEVICE_FLAGS = ("strategy", "cpu_devices")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, names=USER_FIELDS) -> None:
+    """The run flags ``names`` (default: all), each defaulting to ``None`` (resolved in ``resolve_config``)."""
+    group = p.add_argument_group("run settings")
+    for name in names:
+        group.add_argument(flag(name), dest=name, default=None, **RUN_FLAGS[name])
+
+
+def _parent(*adders) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    for add in adders:
+        add(parent)
+    return parent
+
+
+def _quiet(p):
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resume(what: str):
+    def add(p):
+        p.add_argument("--resume", nargs="?", const="latest", default=None, metavar=f"{what.upper()}_DIR",
+                       help=f"continue the {what} in {what.upper()}_DIR (without a value: the newest unfinished "
+                            f"one of this backbone under --out); finished work is kept, not redone; the "
+                            f"settings must be the original ones (checked)")
+    return add
+
+
+def _out(default_text: str):
+    def add(p):
+        p.add_argument("--out", default=None, help=f"where the result folder goes (default: {default_text})")
+    return add
+
+
+def _data(required_help: str):
+    def add(p):
+        p.add_argument("--data", required=True, type=_existing_dir, help=required_help)
+    return add
 
 
 TUNE_DESCRIPTION = """\
@@ -133,97 +234,48 @@ infer_ips, infer_ms_per_image, device and backend, with warm-up and compile time
 """
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that trains (``run`` now; ``compare``, ``cv`` later)."""
-    p.add_argument("--backbone", type=_backbone, default=None, help="registered backbone (default: efficientnetb0)")
-    p.add_argument("--data", default=None,
-                   help="dataset folder: DIR/Training/<class>/ + DIR/Testing/<class>/, or DIR/<class>/ "
-                        "(default: the synthetic phantom dataset)")
-    p.add_argument("--out", default=None, help="folder for run folders (default: runs)")
-    p.add_argument("--image-size", type=_image_size, default=None,
-                   help="square input size in px (default: the dataset card's, else 150)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="default: the dataset card's, else 12")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="default: 32")
-    p.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--dropout", type=float, default=None, help="dropout before the classifier (default: 0.5)")
-    p.add_argument("--finetune", type=_finetune, default=None, help="all (default), head, or top:N")
-    p.add_argument("--augment", choices=AUGMENT_CHOICES, default=None, help="training-time augmentation (default: none)")
-    p.add_argument("--val-fraction", type=_fraction, default=None, help="validation share of training (default: 0.1)")
-    p.add_argument("--test-fraction", type=_fraction, default=None,
-                   help="test share of a single-folder dataset (default: 0.2)")
-    p.add_argument("--seed", type=int, default=None, help="split, initialisation and shuffling seed (default: 0)")
-    p.add_argument("--weights", type=_weights, default=None, help="auto (default), imagenet, none, or a weights file")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
-                   help="auto (default: bf16 on a GPU, fp32 on a CPU), fp32, bf16, fp16")
-    p.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without val_accuracy gain (default: off)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: all cores)")
-    p.add_argument("--dedup", choices=DEDUP_MODES, default=None,
-                   help="leakage firewall against duplicate images: off, report (default: leak-free test metrics "
-                        "beside the full ones), group (a duplicate cluster never straddles train/val/test or "
-                        "folds), drop (test images with a training twin are removed)")
-    p.add_argument("--protocol", choices=("default", "reference"), default=None,
-                   help="reference: the original notebook's recipe (Training+Testing pooled, random 10%% test "
-                        "split, seed 101, 150 px, 12 epochs, batch 32); flags still override it")
-    add_device_arguments(p)
-
-
-def add_device_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags for the devices a command trains on."""
-    p.add_argument("--strategy", choices=STRATEGY_CHOICES, default=None,
-                   help="auto (default: mirrored over several local GPUs, multiworker when "
-                        "JAX_COORDINATOR_ADDRESS describes a cluster, else none), none, mirrored, multiworker "
-                        "(JAX only: Keras 3 cannot fit under TensorFlow's multi-worker strategy); "
-                        "--batch-size is the global batch, split across replicas")
-    p.add_argument("--cpu-devices", type=_positive_int, default=None, metavar="N",
-                   help="split the CPU into N logical devices (mirrored training on one CPU)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from suite.tune import OBJECTIVES, TUNER_NAMES
+    from suite.commands.bench import BENCH_FLAGS
+    from suite.trials import OBJECTIVES, TUNER_NAMES
 
     parser = argparse.ArgumentParser(
         prog="python -m suite",
         description="Benchmark transfer-learning classifiers on brain-tumour MRI.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error, not just its line (or set SUITE_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    quiet = _parent(_quiet)
 
-    p = sub.add_parser("run", help="train and evaluate one backbone; prints the run folder")
-    add_run_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_run)
+    def command(name: str, help: str, *, parents=(), **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, parents=list(parents), **kwargs)
+        p.set_defaults(module=f"suite.commands.{name}")
+        return p
 
-    p = sub.add_parser("compare", help="train every backbone under identical conditions; prints the comparison folder")
+    p = command("run", "train and evaluate one backbone; prints the run folder", parents=[quiet])
     add_run_arguments(p)
+
+    p = command("compare", "train every backbone under identical conditions; prints the comparison folder",
+                parents=[quiet])
     p.add_argument("--backbones", type=_backbone_list, default=None,
                    help="comma-separated backbones (default: every registered one)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_compare)
+    add_run_arguments(p, [n for n in USER_FIELDS if n != "backbone"])
 
-    p = sub.add_parser("cv", help="stratified K-fold cross-validation of one backbone; prints the CV folder")
+    p = command("cv", "stratified K-fold cross-validation of one backbone; prints the CV folder",
+                parents=[quiet, _parent(_resume("cv"))])
+    p.add_argument("--folds", type=_folds, default=5, help="K (default: 5)")
     add_run_arguments(p)
-    p.add_argument("--folds", type=_positive_int, default=5, help="K (default: 5)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CV_DIR",
-                   help="continue a killed CV: CV_DIR, or without a value the newest unfinished CV of this "
-                        "backbone under --out; completed folds are kept")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_cv)
 
-    p = sub.add_parser(
-        "tune", help="search training settings with Keras Tuner, retrain the best; prints the tuning folder",
-        description=TUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(p)
-    p.add_argument("--tuner", choices=TUNER_NAMES, default="random",
-                   help="Keras Tuner oracle (default: random)")
+    p = command("tune", "search training settings with Keras Tuner, retrain the best; prints the tuning folder",
+                parents=[quiet, _parent(_resume("tune"))], description=TUNE_DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tuner", choices=TUNER_NAMES, default="random", help="Keras Tuner oracle (default: random)")
     p.add_argument("--max-trials", type=_positive_int, default=10,
                    help="trials in all, counting those a resumed search finished (default: 10)")
     p.add_argument("--objective", choices=OBJECTIVES, default="val_accuracy",
                    help="validation figure to maximise, at each trial's best epoch (default: val_accuracy)")
     p.add_argument("--space", type=_search_space, default=None, metavar="FILE.toml",
                    help="override the default search space (see below)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="TUNE_DIR",
-                   help="continue the search in TUNE_DIR (without a value: the newest tuning folder of this "
-                        "backbone under --out); finished trials are kept and not rerun")
     p.add_argument("--cv", type=_folds, default=None, metavar="K",
                    help="score each trial by the mean over K stratified folds of the training pool "
                         "(default: the validation split)")
@@ -233,266 +285,68 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train the un-tuned settings, for a best-versus-default comparison")
     p.add_argument("--max-consecutive-failures", type=_positive_int, default=3, metavar="N",
                    help="stop the search after N failed trials in a row (default: 3)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_tune)
+    add_run_arguments(p)
 
-    p = sub.add_parser("bench", help="training and inference images/s: the suite's loop against a bare model.fit",
-                       description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", type=_backbone, default="efficientnetb0")
-    p.add_argument("--image-size", type=_image_size, default=None, help="default: 150")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default: 32)")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
-                   help="auto (default: bf16 on a GPU, fp32 on a CPU), fp32, bf16, fp16")
-    p.add_argument("--finetune", type=_finetune, default=None, help="all (default), head, or top:N")
+    p = command("bench", "training and inference images/s: the suite's loop against a bare model.fit",
+                description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=_positive_int, default=30, help="training steps per epoch (default: 30)")
-    p.add_argument("--epochs", type=_positive_int, default=3, help="epochs per fit, the first is warm-up (default: 3)")
-    p.add_argument("--rounds", type=_positive_int, default=2, help="bare/suite pairs, alternated bare-suite, suite-bare, ... (default: 2)")
-    add_device_arguments(p)
-    p.set_defaults(handler=cmd_bench)
+    p.add_argument("--epochs", type=_int_at_least(2, "a number of epochs"), default=3,
+                   help="epochs per fit, the first is warm-up (default: 3)")
+    p.add_argument("--rounds", type=_positive_int, default=2,
+                   help="bare/suite pairs, alternated bare-suite, suite-bare, ... (default: 2)")
+    add_run_arguments(p, BENCH_FLAGS)
 
-    p = sub.add_parser("evaluate", help="score a finished run's model on another dataset")
+    p = command("evaluate", "score a finished run's model on another dataset",
+                parents=[quiet, _parent(_data("dataset folder (any supported layout)"), _out("beside the run"))])
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
-    p.add_argument("--data", required=True, type=_existing_dir, help="dataset folder (any supported layout)")
     p.add_argument("--split", choices=("auto", "all", "train", "val", "test"), default="auto",
                    help="which part to score (default: the test split if there is one, else all)")
-    p.add_argument("--out", default=None, help="where the evaluation folder goes (default: beside the run)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict the class of image files with a finished run's model")
+    p = command("predict", "predict the class of image files with a finished run's model")
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
-    p.set_defaults(handler=cmd_predict)
 
-    p = sub.add_parser("audit", help="dataset audit: duplicates, leakage across splits, label conflicts, bad files")
-    p.add_argument("--data", required=True, type=_existing_dir, help="dataset folder")
-    p.add_argument("--out", default=None, help="where the audit folder goes (default: runs)")
+    p = command("audit", "dataset audit: duplicates, leakage across splits, label conflicts, bad files",
+                parents=[quiet, _parent(_data("dataset folder"), _out(RunConfig.out))])
     p.add_argument("--threshold", type=int, default=None, help="perceptual-hash Hamming distance for near "
                    "duplicate candidates (default: 10 of 64 bits)")
     p.add_argument("--tol", type=float, default=None, help="pixel tolerance confirming a near duplicate "
                    "(default: 0.11; about 0.2 also groups neighbouring slices of one scan)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=cmd_audit)
 
-    p = sub.add_parser("check", help="check run, comparison or CV folders against metric thresholds (exit 1 on failure)")
+    p = command("check", "check run, comparison or CV folders against metric thresholds (exit 1 on failure)")
     p.add_argument("--thresholds", type=Path, default=None, help="TOML file: [default] and per-backbone tables")
     p.add_argument("--require", action="append", default=[], type=_threshold, metavar="METRIC>=VALUE",
                    help="an extra bound for every backbone, e.g. accuracy>=0.9 (may repeat)")
     p.add_argument("paths", nargs="+", help="run, comparison or CV folders, or a folder of them")
-    p.set_defaults(handler=cmd_check)
 
-    p = sub.add_parser("list", help="list the registered backbones")
+    p = command("list", "list the registered backbones")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter (default: all)")
-    p.set_defaults(handler=cmd_list)
 
-    p = sub.add_parser("phantom", help="write the synthetic phantom dataset")
+    p = command("phantom", "write the synthetic phantom dataset")
     p.add_argument("--out", required=True, help="folder to write it into (must not exist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-per-class", type=_positive_int, default=None)
     p.add_argument("--test-per-class", type=_positive_int, default=None)
-    p.set_defaults(handler=cmd_phantom)
 
-    p = sub.add_parser("report", help="re-render run or comparison reports from their folders, without retraining")
-    p.add_argument("paths", nargs="+", type=_existing_dir, help="run, evaluation or comparison folders")
-    p.set_defaults(handler=cmd_report)
+    p = command("report", "re-render the report of any result folder from its files, without retraining")
+    p.add_argument("paths", nargs="+", type=_existing_dir,
+                   help="run, evaluation, comparison, cv, tuning or audit folders")
     return parser
 
 
-RUN_FLAG_NAMES = ("backbone", "data", "out", "image_size", "epochs", "batch_size", "learning_rate", "dropout",
-                  "finetune", "augment", "val_fraction", "test_fraction", "seed", "weights", "precision",
-                  "early_stopping", "workers", "protocol", "dedup", "strategy", "cpu_devices")
-
-
-def run_flags(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in RUN_FLAG_NAMES}
-
-
-def cmd_run(args) -> int:
-    from suite.pipeline import run
-
-    with training_output():
-        run_dir = run(run_flags(args), progress=not args.quiet)
-    print(run_dir)
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from backbones import list_backbones
-    from suite.compare import compare
-
-    flags = run_flags(args)
-    flags.pop("backbone")
-    with training_output():
-        folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=_log)
-    print(folder)
-    return 0
-
-
-def cmd_cv(args) -> int:
-    from backbones import get_spec
-    from suite.config import RunConfig
-    from suite.cv import cross_validate, latest_unfinished
-
-    flags = run_flags(args)
-    resume = None
-    if args.resume == "latest":
-        out = Path(args.out or RunConfig.out)
-        resume = latest_unfinished(out, get_spec(args.backbone or RunConfig.backbone).name)
-        if resume is None:
-            raise SuiteError(f"no unfinished cross-validation to resume under {out}")
-    elif args.resume:
-        resume = Path(args.resume)
-    with training_output():
-        folder = cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=_log)
-    print(folder)
-    return 0
-
-
-def cmd_tune(args) -> int:
-    from backbones import get_spec
-    from suite.config import RunConfig
-    from suite.io import read_json
-    from suite.tune import TUNING_FILE, TuneSettings, distributed_role, latest_search, tune
-
-    resume = None
-    if args.resume == "latest":
-        out = Path(args.out or RunConfig.out)
-        resume = latest_search(out, get_spec(args.backbone or RunConfig.backbone).name)
-        if resume is None:
-            raise SuiteError(f"no tuning folder to resume under {out}")
-    elif args.resume:
-        resume = Path(args.resume)
-    settings = TuneSettings(tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
-                            resume=resume, cv=args.cv, fast_path=args.fast_path,
-                            compare_default=args.compare_default,
-                            max_consecutive_failures=args.max_consecutive_failures,
-                            **({"space": args.space} if args.space is not None else {}))
-    with training_output():
-        folder = tune(run_flags(args), settings, progress=not args.quiet, log=_log)
-    print(folder)
-    if distributed_role() == "worker":
-        return 0
-    return 0 if read_json(folder / TUNING_FILE).get("status") == "completed" else 1
-
-
-def cmd_bench(args) -> int:
-    import json
-
-    from suite.bench import BenchSettings, bench
-
-    flags = {k: getattr(args, k) for k in ("backbone", "image_size", "batch_size", "precision", "finetune",
-                                           "strategy", "cpu_devices")}
-    try:
-        settings = BenchSettings(steps=args.steps, epochs=args.epochs, rounds=args.rounds)
-    except ValueError as exc:
-        raise SuiteError(str(exc)) from None
-    with training_output():
-        result = bench(flags, settings, log=_log)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from suite.external import evaluate_external
-
-    print(evaluate_external(args.run_dir, args.data, out=args.out, split=args.split, progress=not args.quiet))
-    return 0
-
-
-def cmd_predict(args) -> int:
-    import json
-
-    from suite.inference import predict_images
-
-    results = predict_images(args.run_dir, args.images)
-    if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['path']}\terror: {r['error']}")
-                continue
-            probs = "  ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
-            print(f"{r['path']}\t{r['predicted']}\t{probs}")
-    return 1 if any("error" in r for r in results) else 0
-
-
-def training_output():
-    """Send what Keras prints while training (epoch lines, learning-rate changes) to stderr,
-    so that stdout carries only the command's result (a folder, a JSON object)."""
-    import contextlib
-
-    return contextlib.redirect_stdout(sys.stderr)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def cmd_audit(args) -> int:
-    from suite.audit import run_audit
-
-    settings = {k: v for k, v in (("threshold", args.threshold), ("tol", args.tol)) if v is not None}
-    print(run_audit(args.data, out=args.out, progress=not args.quiet, **settings))
-    return 0
-
-
-def cmd_check(args) -> int:
-    from suite.gates import check_command
-
-    if args.thresholds is None and not args.require:
-        raise SuiteError("give --thresholds FILE and/or --require METRIC>=VALUE")
-    return check_command(args.thresholds, args.paths, args.require)
-
-
-def cmd_list(args) -> int:
-    from backbones import get_spec, list_backbones
-
-    names = list_backbones(args.pattern)
-    print(f"{'name':<16} {'input':>5}  {'preprocessing':<13} {'features':>8}  constructor")
-    for name in names:
-        s = get_spec(name)
-        print(f"{s.name:<16} {s.input_size:>5}  {s.preprocessing:<13} {s.feature_width:>8}  {s.constructor}")
-    return 0 if names else 1
-
-
-def cmd_phantom(args) -> int:
-    from suite.data.phantom import generate_phantom
-
-    out = Path(args.out)
-    if out.exists():
-        raise SuiteError(f"{out} exists already: choose a new folder")
-    sizes = {k: v for k, v in (("n_train_per_class", args.train_per_class),
-                                ("n_test_per_class", args.test_per_class)) if v}
-    print(generate_phantom(out, seed=args.seed, **sizes))
-    return 0
-
-
-def cmd_report(args) -> int:
-    from reports import write_any_report
-    from reports.compare import write_index
-
-    for path in args.paths:
-        try:
-            print(write_any_report(path))
-        except ValueError as exc:
-            raise SuiteError(str(exc)) from None
-    for parent in sorted({Path(p).resolve().parent for p in args.paths}):
-        print(write_index(parent))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter (oneDNN, absl)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "cpu_devices", None) or getattr(args, "strategy", None):
             from suite.runtime import configure_process
 
             configure_process(args.cpu_devices, args.strategy)  # before the backend starts
-        return args.handler(args)
+        return importlib.import_module(args.module).main(args)
     except SuiteError as exc:
+        if args.debug or os.environ.get("SUITE_DEBUG"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

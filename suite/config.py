@@ -1,15 +1,17 @@
 """Run configuration: one frozen dataclass, resolved once.
 
-Precedence: command-line flags, then the dataset's own card (``dataset.json``:
-the phantom data recommends its image size and epochs), then the reference
-protocol's defaults below.
+Precedence: command-line flags, then the protocol (``--protocol reference``), then the
+dataset's own card (``dataset.json``: the phantom data recommends its image size and
+epochs), then the reference recipe's defaults below. ``resolve_config`` is the only place
+defaults are filled in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # The notebook recipe this project grew from.
 REFERENCE = {
@@ -120,10 +122,17 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @property
-    def finetune_top(self) -> int | None:
-        """N for ``top:N``, else ``None``."""
-        return int(self.finetune.split(":")[1]) if self.finetune.startswith("top:") else None
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what is computed (everything but ``PLACEMENT_FIELDS``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in PLACEMENT_FIELDS}
+
+
+# Set by a protocol, never by a flag of its own.
+INTERNAL_FIELDS = ("pool_splits",)
+# The settings a user gives on the command line, one flag each (``--image-size`` for image_size).
+USER_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in INTERNAL_FIELDS)
+# Settings that do not change what a run computes: where it is written, how many decoding processes.
+PLACEMENT_FIELDS = ("out", "data", "workers")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -142,7 +151,10 @@ def resolve_config(
         flags: values the user gave (``None`` values count as not given).
         card: the dataset card; its ``image_size`` and ``epochs`` fill what flags leave open.
         defaults: defaults of the calling command, below the card and above the
-            reference recipe (``compare`` uses each backbone's native input size).
+            reference recipe (``bench`` measures without pretrained weights). Every command
+            that trains gives none, so ``run`` and ``compare`` resolve the same flags to the
+            same configuration: the image size is ``--image-size``, else the dataset card's,
+            else the protocol's, else 150 px, whatever the backbone's native size.
     """
     values = dict(defaults or {})
     values.update({k: v for k, v in (card or {}).items() if k in CARD_KEYS and v is not None})

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from suite.data.cache import cache_dir
-from suite.io import read_json, write_json_atomic
+from suite.io import write_json_atomic
 
 EMBEDDINGS_VERSION = 1  # bump when what a feature vector means changes
 EMBED_BATCH = 64  # images per forward pass while computing
@@ -103,7 +103,7 @@ def load_or_compute(prepared, rows: np.ndarray, policy: str, *, log=print) -> Em
     """The pooled features of dataset ``rows`` under ``prepared``'s backbone, from the cache if there.
 
     Args:
-        prepared: ``suite.pipeline.Prepared`` (backbone, config, weights, data).
+        prepared: ``suite.commands.run.Prepared`` (backbone, config, weights, data).
         rows: ascending dataset rows to embed (the training pool).
         policy: the Keras dtype policy in force (part of the key).
         log: one-line status messages.
@@ -209,6 +209,3 @@ def _clear_session_keeping_policy() -> None:
     keras.backend.clear_session()
     keras.config.set_dtype_policy(policy)
 
-
-def read_meta(folder: Path) -> dict:
-    return read_json(Path(folder) / "meta.json")

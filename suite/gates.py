@@ -1,19 +1,12 @@
 """Quality gates: metric thresholds checked against finished run folders.
 
 thresholds TOML -> ``{backbone: [Threshold]}``; run, comparison and CV folders -> ``Run``s;
-each (run, threshold) -> ``CheckResult``; ``format_verdict`` -> text; ``check_command`` -> exit status.
+each (run, threshold) -> ``CheckResult``; ``format_verdict`` -> text (``suite check`` and the pytest
+plugin, ``suite.pytest_plugin``, print it).
 
 A run that failed, never finished or lost its metrics is a failed check that says why, never a
 silent skip. A cross-validation folder counts each of its ``fold-k/`` runs (as listed in its
 ``cv.json``) as a run of its own, so every fold must clear the bounds.
-
-The CLI wiring is meant to be this small::
-
-    p = sub.add_parser("check", help="check run folders against metric thresholds")
-    p.add_argument("--thresholds", type=Path, help="TOML file of minimum metric values")
-    p.add_argument("--require", action="append", default=[], type=Threshold.parse, help="e.g. accuracy>=0.9")
-    p.add_argument("paths", nargs="+", help="run, comparison or CV folders, or folders holding them")
-    p.set_defaults(handler=lambda a: check_command(a.thresholds, a.paths, a.require))
 """
 
 from __future__ import annotations
@@ -24,15 +17,14 @@ import difflib
 import math
 import os
 import re
-import sys
 import tomllib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, TextIO
 
 from suite.errors import SuiteError
 from suite.io import read_json
-from suite.metrics import CI_LOW, is_number, named_figures
-from suite.runs import COMPARISON, CV, MANIFEST, METRICS
+from suite.metrics import is_number, named_figures
+from suite.runs import COMPARISON, CV, MANIFEST, METRICS, kind_of
 
 DEFAULT = "default"
 
@@ -289,13 +281,10 @@ def _expand(path: Path) -> list[_Spot]:
 
 def _expand_known(path: Path) -> list[_Spot] | None:
     """The runs of a run, comparison or CV folder; None for any other folder."""
-    if (path / MANIFEST).is_file():
-        return [_Spot(path)]
-    if (path / COMPARISON).is_file():
-        return _comparison_spots(path)
-    if (path / CV).is_file():
-        return _cv_spots(path)
-    return None
+    kind = kind_of(path)
+    expand = {"run": lambda p: [_Spot(p)], "evaluation": lambda p: [_Spot(p)],
+              "comparison": _comparison_spots, "cv": _cv_spots}.get(kind.name if kind else None)
+    return expand(path) if expand else None
 
 
 def _read_container(path: Path) -> dict:
@@ -471,21 +460,3 @@ def format_verdict(results: Sequence[CheckResult]) -> str:
 
 def _word(r: CheckResult) -> str:
     return "SKIP" if r.skipped else "PASS" if r.passed else "FAIL"
-
-
-def check_command(thresholds: str | Path | None, paths: Iterable[str | Path], require: Iterable[Threshold] = (),
-                  *, out: TextIO | None = None) -> int:
-    """Print the verdict for ``paths``; 0 when every check passes, 1 when any fails.
-
-    Args:
-        thresholds: thresholds TOML file, or None when ``require`` gives the bounds.
-        paths: run, comparison or CV folders, or folders holding them.
-        require: extra ``Threshold``s (``--require accuracy>=0.9``).
-        out: where to print; stdout by default.
-
-    Raises:
-        GateError: (a SuiteError, so the CLI exits 2) bad thresholds or paths without runs.
-    """
-    results = check_runs(thresholds, paths, require)
-    print(format_verdict(results), file=out or sys.stdout)
-    return 1 if any(not r.passed for r in results) else 0

@@ -1,28 +1,11 @@
-"""Using a trained run: latency, class-activation maps, predictions on new images."""
+"""A trained model at work: inference latency and Grad-CAM class-activation maps."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
-
-from suite import runs
-
-
-def load_run_model(run_dir: str | Path):
-    """The best checkpoint of a run and its manifest."""
-    import keras
-
-    run_dir = Path(run_dir)
-    manifest = runs.read_manifest(run_dir)
-    path = run_dir / runs.MODEL
-    if not path.is_file():
-        from suite.errors import SuiteError
-
-        raise SuiteError(f"{run_dir} has no {runs.MODEL}: the run did not finish training")
-    return keras.saving.load_model(path), manifest
 
 
 def time_inference(model, x: np.ndarray, *, single_calls: int = 20, batch_size: int = 32, batch_calls: int = 3) -> dict:
@@ -82,27 +65,3 @@ def feature_maps(model, x: np.ndarray):
             return keras.ops.convert_to_numpy(out)
         out = layer(out, training=False)
     raise ValueError("the model has no layer named 'pool': was it built by suite.model.build_model?")
-
-
-def predict_images(run_dir: str | Path, paths) -> list[dict]:
-    """Predicted class and every class probability for each image file.
-
-    A file that cannot be decoded gets an ``error`` entry instead of crashing.
-    """
-    from suite.data.decode import _decode_task
-
-    model, manifest = load_run_model(run_dir)
-    labels, size = manifest["dataset"]["labels"], manifest["config"]["image_size"]
-    results, images, where = [], [], []
-    for p in paths:
-        arr, reason = _decode_task((str(p), size))
-        results.append({"path": str(p), "error": reason} if reason else {"path": str(p)})
-        if arr is not None:
-            images.append(arr)
-            where.append(len(results) - 1)
-    if images:
-        probs = model.predict(np.stack(images), verbose=0)
-        for i, pr in zip(where, probs):
-            results[i]["predicted"] = labels[int(np.argmax(pr))]
-            results[i]["probabilities"] = {label: round(float(v), 6) for label, v in zip(labels, pr)}
-    return results

@@ -8,7 +8,7 @@ resamples cost milliseconds instead of a thousand scikit-learn calls.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -222,7 +222,7 @@ def precision_scope(precision: str):
     """
     import keras
 
-    from suite.device import accelerators
+    from suite.runtime import accelerators
 
     previous = keras.config.dtype_policy()
     try:

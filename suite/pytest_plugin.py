@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from suite.runs import METRICS
+
 MARKER = "suite_gate"
 
 
@@ -128,4 +130,4 @@ class GateItem(pytest.Item):
 
     def reportinfo(self):
         run = self.parent.run
-        return (run.path / "metrics.json" if run.path else self.path), None, self.nodeid
+        return (run.path / METRICS if run.path else self.path), None, self.nodeid

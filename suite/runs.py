@@ -20,8 +20,9 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from suite.errors import SuiteError
 from suite.io import read_json, write_json_atomic
@@ -157,7 +158,8 @@ def _resolve(target: str) -> Callable:
 
 
 for _kind in (
-    FolderKind("comparison", COMPARISON, "reports.comparison:write_comparison_report", "reports.index:comparison_entry"),
+    FolderKind("comparison", COMPARISON, "reports.comparison:write_comparison_report",
+               "reports.index:comparison_entry"),
     FolderKind("cv", CV, "reports.cv:write_cv_report", "reports.index:cv_entry"),
     FolderKind("tuning", SEARCH, "reports.tuning:write_tuning_report", "reports.index:tuning_entry"),
     FolderKind("audit", AUDIT, "reports.audit:write_audit_report", "reports.index:audit_entry",
@@ -181,7 +183,8 @@ def kind_names() -> list[str]:
     return list(FOLDER_KINDS)
 
 
-def latest_folder(out: str | Path, kind: str, name: str, accept: Callable[[Path], bool] = lambda p: True) -> Path | None:
+def latest_folder(out: str | Path, kind: str, name: str,
+                  accept: Callable[[Path], bool] = lambda p: True) -> Path | None:
     """The newest ``<out>/<timestamp>-<name>*`` folder of ``kind`` that ``accept`` takes (for a bare ``--resume``)."""
     for folder in sorted(Path(out).glob(f"*-{name}*"), reverse=True):
         if FOLDER_KINDS[kind].matches(folder) and accept(folder):
@@ -271,14 +274,10 @@ def _as_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _flat(mapping: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key == "config":
-            out.update(_flat(value, ""))
-        else:
-            out[name] = value
+def _flat(identity: Mapping) -> dict[str, Any]:
+    """A nested ``config`` mapping's settings named on their own, beside the other keys."""
+    out = {k: v for k, v in identity.items() if k != "config"}
+    out.update(identity.get("config") or {})
     return out
 
 

@@ -1,5 +1,5 @@
-"""How a training process uses its machine: threads, logical CPU devices, compilation cache,
-and the distribution strategy a model is built and trained under.
+"""The machine a process trains on: backend and accelerators, threads, logical CPU devices,
+compilation cache, and the distribution strategy a model is built and trained under.
 
 The engines do the work: ``tf.distribute`` with TensorFlow, ``keras.distribution`` with JAX.
 This module only picks and configures them, once per process, before the backend starts.
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
+import importlib.util
 import json
 import os
-from typing import Iterator
+import platform
+from collections.abc import Iterator
 
 from suite.config import STRATEGY_CHOICES as STRATEGIES
 from suite.errors import SuiteError
@@ -24,6 +27,59 @@ TF_MULTIWORKER_UNSUPPORTED = (
     "train across machines with KERAS_BACKEND=jax and JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
     "JAX_PROCESS_ID set (see README), or on one machine with --strategy mirrored")
 _CONFIGURED: dict = {}
+
+# -- what the process runs on ---------------------------------------------------------------------
+
+PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy",
+            "scikit-learn", "pillow", "pandas", "matplotlib", "jinja2")
+
+
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def accelerators() -> list[str]:
+    """Names of the GPUs the active Keras backend sees (empty on a CPU)."""
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    if name == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform != "cpu"]
+    if name == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def describe_device() -> str:
+    gpus = accelerators()
+    if gpus:
+        return f"GPU x{len(gpus)}: {', '.join(gpus)}"
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def has_tensorflow() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# -- configuring the process -----------------------------------------------------------------------
 
 
 def usable_cores() -> int:

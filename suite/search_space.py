@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 RANGE_KEYS = frozenset({"min", "max", "sampling", "step"})
 SAMPLINGS = ("linear", "log", "reverse_log")

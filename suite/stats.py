@@ -8,8 +8,8 @@ Holm's step-down method keeps the chance of any false "better" across all pairs 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from itertools import combinations
-from typing import Mapping, Sequence
 
 import numpy as np
 

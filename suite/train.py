@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from suite import runs
 from suite.config import RunConfig
-from suite.device import has_tensorflow
-from suite.io import write_csv_atomic
+from suite.io import atomic_target, write_csv_atomic
+from suite.runtime import has_tensorflow
 
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate", "seconds")
 
@@ -100,9 +101,8 @@ class BestCheckpoint(_callback_base()):
 
     def _write(self) -> None:
         start = time.perf_counter()
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        self.model.save(tmp, overwrite=True)
-        tmp.replace(self.path)
+        with atomic_target(self.path) as tmp:
+            self.model.save(tmp, overwrite=True)
         self._last_end = time.perf_counter()
         self._last_cost = self._last_end - start
         self.write_s_ += self._last_cost
@@ -184,13 +184,13 @@ def make_callbacks(config: RunConfig, run_dir: Path) -> tuple[list, list[str]]:
     """
     schedule = schedule_callbacks(config, verbose=1)
     callbacks = [
-        BestCheckpoint(run_dir / "model.keras", monitor="val_accuracy"),
+        BestCheckpoint(run_dir / runs.MODEL, monitor="val_accuracy"),
         schedule[0],
-        HistoryCSV(run_dir / "history.csv"),
+        HistoryCSV(run_dir / runs.HISTORY),
     ]
     warnings = []
     if has_tensorflow():
-        callbacks.append(EpochTensorBoard(run_dir / "logs"))
+        callbacks.append(EpochTensorBoard(run_dir / runs.LOGS))
     else:
         warnings.append("TensorBoard logs were not written: the TensorBoard callback needs TensorFlow.")
     return callbacks + schedule[1:], warnings

@@ -52,7 +52,7 @@ def comparison(tiny_data, tmp_path_factory) -> Path:
     Shared by the run-folder, comparison and evaluation tests, so each backbone trains once.
     """
     from backbones import list_backbones
-    from suite.compare import compare
+    from suite.commands.compare import compare
 
     out = tmp_path_factory.mktemp("runs")
     return compare({"data": str(tiny_data), "out": str(out), **TINY_RUN}, list_backbones(), progress=False,

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from suite.audit import AUDIT_HTML, AUDIT_JSON, audit, run_audit, write_audit
+from suite.commands.audit import run_audit, write_audit
+from suite.data.audit import audit
 from suite.data.discover import discover
 from suite.data.phantom import render_slice
+from suite.runs import AUDIT as AUDIT_JSON
+from suite.runs import AUDIT_REPORT as AUDIT_HTML
 from tests.imagegen import make_dataset
 
 EVIL = "<script>alert(1)</script>"

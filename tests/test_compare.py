@@ -12,7 +12,7 @@ import pytest
 
 from backbones import list_backbones
 from suite.cli import main
-from suite.compare import compare
+from suite.commands.compare import compare
 from tests.imagegen import TINY_RUN, make_dataset
 
 LEADERBOARD_COLUMNS = ["backbone", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low",
@@ -116,3 +116,17 @@ def test_predict_prints_every_class_probability(runs_by_backbone, tiny_data, tmp
     assert set(results[0]["probabilities"]) == set(LABELS)
     assert sum(results[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
     assert "not an image" in results[1]["error"]
+
+
+@pytest.mark.slow
+def test_run_and_compare_give_the_same_flags_the_same_configuration(tiny_data, tmp_path):
+    """No --image-size and no dataset card: both train at the reference 150 px, not the backbone's native 224."""
+    flags = ["--epochs", "1", "--batch-size", "8", "--weights", "none", "--data", str(tiny_data), "--quiet"]
+    assert main(["run", "--backbone", "mobilenetv2", "--out", str(tmp_path / "run"), *flags]) == 0
+    assert main(["compare", "--backbones", "mobilenetv2", "--out", str(tmp_path / "compare"), *flags]) == 0
+    configs = {}
+    for side in ("run", "compare"):
+        manifest = next((tmp_path / side).glob("*-mobilenetv2/manifest.json"))
+        configs[side] = {k: v for k, v in json.loads(manifest.read_text())["config"].items() if k != "out"}
+    assert configs["run"] == configs["compare"]
+    assert configs["run"]["image_size"] == 150

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from suite.cv import fold_splits, summarise
+from suite.commands.cv import fold_splits, summarise
 from suite.errors import SuiteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +74,10 @@ def _wait_for_first_fold(out: Path, proc, timeout: float = 240) -> Path:
     pytest.fail("fold 1 did not complete in time")
 
 
-def test_killed_cv_resumes_at_the_first_unfinished_fold(tiny_data, tmp_path):
-    """Start a real 2-fold CV, SIGKILL it after fold 1, rerun with --resume: fold 1 is kept, fold 2 runs."""
-    out = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def killed_cv(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    """A real 2-fold CV, SIGKILLed after fold 1 completed: ``(out, fold-1 folder)``."""
+    out = tmp_path_factory.mktemp("killed-cv") / "runs"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cv_command(tiny_data, out), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -87,9 +88,35 @@ def test_killed_cv_resumes_at_the_first_unfinished_fold(tiny_data, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return out, fold1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changed, setting", [
+    (("--learning-rate", "0.01"), "learning_rate: was 0.001, now 0.01"),
+    (("--dedup", "group"), 'dedup: was "report", now "group"'),
+    (("--augment", "light"), 'augment: was "none", now "light"'),
+])
+def test_resume_with_other_settings_is_refused_before_training(killed_cv, tiny_data, changed, setting):
+    out, fold1 = killed_cv
+    cv_dir = fold1.parent
+    before = sorted(p.name for p in cv_dir.iterdir())
+    done = subprocess.run(_cv_command(tiny_data, out, "--resume", str(cv_dir), *changed), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot resume {cv_dir}") and setting in line
+    assert sorted(p.name for p in cv_dir.iterdir()) == before  # nothing trained, nothing moved
+
+
+@pytest.mark.slow
+def test_killed_cv_resumes_at_the_first_unfinished_fold(killed_cv, tiny_data):
+    """Rerun a killed CV with --resume: fold 1 is kept, fold 2 runs."""
+    out, fold1 = killed_cv
     cv_dir = fold1.parent
     assert json.loads((cv_dir / "cv.json").read_text())["status"] != "completed"
     kept = (fold1 / "metrics.json").stat().st_mtime_ns
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(_cv_command(tiny_data, out, "--resume"), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -17,7 +17,6 @@ from suite.data.splits import make_split
 from suite.errors import DataError
 from tests.imagegen import make_dataset
 
-
 # --- discovery -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("train_name,test_name", [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from suite import duplicates as dup
+from suite.data import duplicates as dup
 from suite.data.phantom import render_slice
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from suite.commands.check import check_command
 from suite.gates import (
     CheckResult,
     GateError,
     MetricNotFound,
     Threshold,
     available_metrics,
-    check_command,
     check_runs,
     find_runs,
     format_verdict,

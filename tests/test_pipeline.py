@@ -14,8 +14,8 @@ import pytest
 
 from backbones import list_backbones
 from suite.cli import main
+from suite.commands.run import run
 from suite.errors import DataError
-from suite.pipeline import run
 from tests.imagegen import TINY_RUN as TINY
 from tests.imagegen import make_dataset
 
@@ -31,7 +31,7 @@ def test_run_folder_is_complete(runs_by_backbone, name):
     for f in RUN_FILES:
         assert (run_dir / f).is_file(), f
     assert any((run_dir / "logs").rglob("*tfevents*")), "TensorBoard logs"
-    assert not list(run_dir.glob(".*.tmp")), "no temporary files left behind"
+    assert not list(run_dir.glob(".*.tmp*")), "no temporary files left behind"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     for key in MANIFEST_KEYS:
@@ -104,7 +104,8 @@ def test_skipped_files_are_listed_and_do_not_crash(tmp_path):
 def test_bad_data_stops_before_any_run_folder(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=3, n_test=1)
     (data / "Testing" / "astrocytoma").mkdir()
-    (data / "Testing" / "astrocytoma" / "x.png").write_bytes((data / "Testing" / "no_tumor").iterdir().__next__().read_bytes())
+    some_image = next((data / "Testing" / "no_tumor").iterdir())
+    (data / "Testing" / "astrocytoma" / "x.png").write_bytes(some_image.read_bytes())
     out = tmp_path / "runs"
     with pytest.raises(DataError, match="astrocytoma"):
         run({"data": str(data), "out": str(out), **TINY}, progress=False)
@@ -180,4 +181,5 @@ def test_dedup_modes_remove_the_leak(tmp_path, mode):
     if mode == "drop":
         assert data.dedup["dropped_from_test"] >= 1 and len(data.split.test) < 9
     else:
-        assert data.dedup["removed_from_training"] >= 1 and len(data.split.test) == 9  # the official test set stays whole
+        # the official test set stays whole
+        assert data.dedup["removed_from_training"] >= 1 and len(data.split.test) == 9

@@ -32,6 +32,8 @@ def test_auto_strategy_follows_the_devices_and_the_cluster():
     cluster = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker",
                                                                                      "index": 0}})}
     assert resolve_strategy("auto", "jax", 1, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}) == "multiworker"
+    with pytest.raises(SuiteError, match="multi-worker training with the TensorFlow backend"):
+        resolve_strategy("auto", "tensorflow", 1, cluster)  # a TF_CONFIG cluster means multi-worker: refused
     assert resolve_strategy("auto", "torch", 2, {}) == "none"
     assert resolve_strategy("none", "tensorflow", 8, {}) == "none"
 
@@ -78,7 +80,7 @@ def test_mirrored_on_two_cpu_devices_trains_like_one_device(tmp_path, tiny_data)
     equals one device's from the same seed. Dropout off and the backbone frozen, so the only
     difference left is the order of float additions (with a trained backbone, BatchNorm
     normalises each replica's half batch, as tf.distribute does, and the losses differ)."""
-    from suite.pipeline import run
+    from suite.commands.run import run
 
     recipe = ["--backbone", "mobilenetv2", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
               "--weights", "none", "--finetune", "head", "--dropout", "0", "--learning-rate", "0.05"]
@@ -103,9 +105,9 @@ def test_mirrored_on_two_cpu_devices_trains_like_one_device(tmp_path, tiny_data)
 
 def test_cpu_devices_after_the_backend_started_is_a_clear_error(tmp_path, tiny_data):
     """In this process TensorFlow runs already, on one CPU device: asking for two must say so."""
-    from suite.pipeline import run
-
     import tensorflow as tf
+
+    from suite.commands.run import run
 
     tf.constant(1.0)  # the runtime has started
     with pytest.raises(SuiteError, match="--cpu-devices"):

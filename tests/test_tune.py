@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from suite.cli import main
+from suite.commands.tune import TuneSettings, plan_space
 from suite.errors import SuiteError
 from suite.search_space import DEFAULT_SPACE, SearchSpace, load_space
-from suite.tune import TUNER_NAMES, HeadTrials, TuneSettings, plan_space
+from suite.trials import TUNER_NAMES, HeadTrials
 
 TINY_ARGS = ["--backbone", "mobilenetv2", "--image-size", "32", "--epochs", "1", "--weights", "none", "--quiet"]
 
@@ -98,7 +99,7 @@ def test_search_writes_tuning_json_and_report(full_search):
     assert tuning["data_fingerprint"] and tuning["backbone"] == "mobilenetv2"
     report = (full_search / "report.html").read_text(encoding="utf-8")
     assert "Best settings" in report and all(f">{t['trial_id']}<" in report for t in trials)
-    assert not list(full_search.glob(".*.tmp"))
+    assert not list(full_search.glob(".*.tmp*"))
 
 
 def test_best_settings_are_retrained_as_a_normal_run(full_search):
@@ -213,9 +214,9 @@ def test_cached_features_are_the_full_models_pooled_features(tiny_data):
     import keras
 
     from backbones import get_spec
+    from suite.commands.run import prepare
     from suite.embeddings import load_or_compute
     from suite.model import build_feature_extractor, build_model
-    from suite.pipeline import prepare
 
     prepared = prepare({"data": str(tiny_data), "backbone": "mobilenetv2", "image_size": 32, "weights": "none",
                         "finetune": "head"}, progress=False, log=lambda m: None)
@@ -244,8 +245,8 @@ def head_trials(tiny_data):
     a head would learn nothing from them and every setting would score alike. The runners get
     features a head can learn from instead: a class signal in noise, for the same rows.
     """
+    from suite.commands.run import prepare
     from suite.embeddings import Embeddings
-    from suite.pipeline import prepare
 
     flags = {"data": str(tiny_data), "backbone": "mobilenetv2", "image_size": 32, "weights": "none",
              "finetune": "head", "epochs": 2}
@@ -348,7 +349,7 @@ def test_a_trial_failing_mid_training_is_recorded_and_the_next_trains_as_before(
 
 
 def test_the_reused_heads_dropout_rate_is_a_variable():
-    from suite.tune import variable_rate_dropout
+    from suite.trials import variable_rate_dropout
 
     layer = variable_rate_dropout(0.0, seed=1)
     x = np.ones((200, 50), dtype="float32")
@@ -370,7 +371,7 @@ class ScoreByLearningRate:
 @pytest.mark.parametrize("tuner", TUNER_NAMES)
 def test_every_oracle_drives_the_suite_tuner(tuner, tmp_path):
     from suite.config import RunConfig
-    from suite.tune import best_of, collect_trials, run_search
+    from suite.trials import best_of, collect_trials, run_search
 
     settings = TuneSettings(tuner=tuner, max_trials=4)
     space, _, _ = plan_space(settings, {"finetune": "head", "batch_size": 8, "dropout": 0.2})

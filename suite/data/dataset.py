@@ -138,12 +138,12 @@ def prepare_data(
     )
 
 
-DEDUP_IMAGE_SIZE = 64  # duplicates are judged on 64 px images (see suite.duplicates)
+DEDUP_IMAGE_SIZE = 64  # duplicates are judged on 64 px images (see suite.data.duplicates)
 
 
 def duplicate_clusters(index: DatasetIndex, digests, ok, workers, progress) -> np.ndarray:
     """Cluster id (exact or near duplicates) for every discovered file, from 64 px images."""
-    from suite.duplicates import find_duplicates
+    from suite.data.duplicates import find_duplicates
 
     small = load_images([e.path for e in index.entries], DEDUP_IMAGE_SIZE, workers=workers, progress=progress)
     return find_duplicates(list(digests), small.images, valid=ok)["cluster"]

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from suite.data.cache import cache_dir
-from suite.io import read_json, write_json_atomic
+from suite.io import atomic_target, read_json, write_json_atomic
 
 DECODE_VERSION = 1  # bump when decoding changes what a file becomes
 PARALLEL_MIN_FILES = 64  # below this a thread pool costs more than it saves
@@ -156,20 +155,15 @@ def load_images(
 def _decode_into(array_path: Path, paths, size, workers, progress) -> list[str | None]:
     """Decode every file into a temporary ``.npy`` and rename it into place."""
     array_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
     blank = np.zeros((size, size, 3), dtype=np.uint8)
     reasons: list[str | None] = []
-    try:
-        # Plain sequential writes after an .npy header: cheaper than page-faulting a memmap.
-        with open(tmp, "wb") as f:
-            header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), size, size, 3)}
-            np.lib.format.write_array_header_2_0(f, header)
-            for arr, reason in _decode_all(paths, size, workers, progress):
-                f.write((blank if arr is None else arr).tobytes())
-                reasons.append(reason)
-        os.replace(tmp, array_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # Plain sequential writes after an .npy header: cheaper than page-faulting a memmap.
+    with atomic_target(array_path) as tmp, open(tmp, "wb") as f:
+        header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), size, size, 3)}
+        np.lib.format.write_array_header_2_0(f, header)
+        for arr, reason in _decode_all(paths, size, workers, progress):
+            f.write((blank if arr is None else arr).tobytes())
+            reasons.append(reason)
     return reasons
 
 

@@ -34,6 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from suite.data.cache import cache_dir
+from suite.data.discover import CARD_NAME
 
 PHANTOM_VERSION = 1  # bump whenever the rendered images change
 CLASSES = ("glioma", "meningioma", "pituitary", "no_tumor")
@@ -101,7 +102,7 @@ class _Slice(NamedTuple):
 
     image: np.ndarray
     head: _Head
-    lesion: "_Lesion | None"
+    lesion: _Lesion | None
 
 
 def render_slice(rng: np.random.Generator, label: str, size: int = 128) -> np.ndarray:
@@ -637,7 +638,7 @@ def _write_metadata(root: Path, counts, size, seed) -> None:
         "description": DESCRIPTION,
         "counts": {split: {label: n for label in CLASSES} for split, n in counts.items()},
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (root / CARD_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def default_phantom_dir() -> Path:
@@ -674,7 +675,7 @@ def ensure_phantom(path=None, *, progress: bool = True) -> Path:
 
 def _is_phantom(path: Path) -> bool:
     try:
-        meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+        meta = json.loads((path / CARD_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("name") == "phantom"

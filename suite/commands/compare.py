@@ -8,38 +8,37 @@ backbones -> one ``pipeline.run`` each (same data, split, seed, callbacks, epoch
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from backbones import get_spec
+from reports import finish
 from suite import runs
+from suite.commands import log, run_flags, training_output
 from suite.errors import DataError, SuiteError
-from suite.io import read_json, write_csv_atomic, write_json_atomic
+from suite.io import write_csv_atomic, write_json_atomic
+from suite.metrics import leaderboard_columns, leaderboard_row, leaderboard_sort_key
 
-COMPARISON = "comparison.json"
-GRADCAM_FILE = "gradcam.npz"
 GRADCAM_IMAGES = 8
 
 
 def compare(flags: Mapping, backbones: Sequence[str], *, progress: bool = True, log: Callable = print) -> Path:
     """Run each backbone with the same flags and write the comparison folder.
 
-    Without ``image_size`` in ``flags`` (or a dataset card that sets one), each
-    backbone trains at its native input size; everything else is shared.
-    A backbone that fails is recorded with its error; the others still complete.
+    Every backbone gets the configuration ``suite run`` would give it with the same flags
+    (the same image size included). A backbone that fails is recorded with its error; the
+    others still complete.
     """
-    from suite.pipeline import run
+    from suite.commands.run import run
 
     results = []
     for name in backbones:
         spec = get_spec(name)
         try:
-            run_dir = run({**flags, "backbone": spec.name}, progress=progress, log=log, raise_errors=False,
-                          defaults={"image_size": spec.input_size})
+            run_dir = run({**flags, "backbone": spec.name}, progress=progress, log=log, raise_errors=False)
             results.append(_run_result(spec.name, run_dir))
         except DataError:
             raise  # the data is the same for every backbone: no point going on
@@ -52,8 +51,8 @@ def compare(flags: Mapping, backbones: Sequence[str], *, progress: bool = True, 
 
 
 def _run_result(name: str, run_dir: Path) -> dict:
-    manifest = runs.read_manifest(run_dir)
-    return {"backbone": name, "run_dir": run_dir, "status": manifest["status"], "error": manifest.get("error")}
+    run = runs.RunFolder(run_dir)
+    return {"backbone": name, "run_dir": run_dir, "status": run.status, "error": run.manifest.get("error")}
 
 
 def load_predictions(run_dir: Path) -> dict[str, tuple[str, str, list[float]]]:
@@ -69,8 +68,9 @@ def write_comparison(out: Path, results: list[dict], *, log: Callable = print) -
     from suite.stats import p_matrix, pairwise_tests, tie_groups
 
     done = [r for r in results if r["status"] == "completed"]
-    manifests = {r["backbone"]: runs.read_manifest(r["run_dir"]) for r in done}
-    metrics = {r["backbone"]: read_json(r["run_dir"] / runs.METRICS) for r in done}
+    folders = {r["backbone"]: runs.RunFolder(r["run_dir"]) for r in done}
+    manifests = {name: run.manifest for name, run in folders.items()}
+    metrics = {name: run.metrics() for name, run in folders.items()}
     correct, paths = _correctness(done)
     tests = pairwise_tests(correct) if len(correct) > 1 else []
     accuracy = {name: metrics[name]["accuracy"] for name in correct}
@@ -83,7 +83,7 @@ def write_comparison(out: Path, results: list[dict], *, log: Callable = print) -
         "schema": 1,
         "kind": "comparison",
         "comparison_id": folder.name,
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "created": runs.now_iso(),
         "config": {k: v for k, v in first.get("config", {}).items() if k not in ("backbone", "image_size")},
         "dataset": first.get("dataset", {}),
         "split_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
@@ -95,15 +95,19 @@ def write_comparison(out: Path, results: list[dict], *, log: Callable = print) -
         "tiers": tiers,
         "gradcam": gradcam,
     }
-    rows = leaderboard(results, manifests, metrics, tiers)
-    write_json_atomic(folder / COMPARISON, comparison)
-    write_json_atomic(folder / "leaderboard.json", rows)
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    write_csv_atomic(folder / "leaderboard.csv", header, [[row.get(k, "") for k in header] for row in rows])
+    rows = leaderboard(results, manifests, metrics, tiers, comparison["labels"])
+    write_json_atomic(folder / runs.COMPARISON, comparison)
+    write_json_atomic(folder / runs.LEADERBOARD_JSON, rows)
+    header = leaderboard_columns(comparison["labels"])
+    write_csv_atomic(folder / runs.LEADERBOARD_CSV, header, [[_cell(row.get(k)) for k in header] for row in rows])
     for t in tests:
         log(t["sentence"])
-    _write_reports(folder, out, log)
+    finish(folder, log)
     return folder
+
+
+def _cell(value) -> str:
+    return "" if value is None else value
 
 
 def _relative_result(result: dict, folder: Path) -> dict:
@@ -122,24 +126,13 @@ def _correctness(done: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
     return correct, paths
 
 
-def leaderboard(results, manifests, metrics, tiers) -> list[dict]:
+def leaderboard(results, manifests, metrics, tiers, labels) -> list[dict]:
     """One row per backbone, ordered by tier then accuracy; failed backbones last, with their error."""
-    from suite.metrics import leaderboard_row
-
-    rows = []
-    for r in results:
-        name = r["backbone"]
-        row = {"backbone": name, "status": r["status"], "tier": tiers.get(name)}
-        if name in metrics:
-            m, man = metrics[name], manifests[name]
-            row.update(leaderboard_row(m))
-            row.update(params=man.get("params"), train_s=man["timings"].get("train_s"),
-                       image_size=man["config"]["image_size"],
-                       infer_ms_per_image=m.get("infer_ms_per_image"),
-                       infer_images_per_s=m.get("infer_images_per_s"))
-        row["error"] = r.get("error")
-        rows.append(row)
-    return sorted(rows, key=lambda x: (x["tier"] is None, x["tier"] or 0, -(x.get("accuracy") or 0)))
+    rows = [leaderboard_row(metrics.get(r["backbone"]), manifests.get(r["backbone"]), labels=labels,
+                            backbone=r["backbone"], status=r["status"], tier=tiers.get(r["backbone"]),
+                            error=r.get("error"))
+            for r in results]
+    return sorted(rows, key=leaderboard_sort_key)
 
 
 def pick_gradcam_images(paths: list[str], preds: dict[str, dict], n: int, seed: int = 0) -> list[str]:
@@ -157,7 +150,7 @@ def _gradcam_sample(folder: Path, done, paths, manifests, log) -> dict | None:
     if not done or not paths:
         return None
     from suite.data.decode import decode_image
-    from suite.inference import class_activation_maps, load_run_model
+    from suite.inference import class_activation_maps
 
     preds = {r["backbone"]: load_predictions(r["run_dir"]) for r in done}
     sample = pick_gradcam_images(paths, preds, GRADCAM_IMAGES)
@@ -165,9 +158,9 @@ def _gradcam_sample(folder: Path, done, paths, manifests, log) -> dict | None:
     for r in done:
         name = r["backbone"]
         try:
-            model, manifest = load_run_model(r["run_dir"])
-            labels, size = manifest["dataset"]["labels"], manifest["config"]["image_size"]
-            x = np.stack([decode_image(p, size) for p in sample])
+            run = runs.RunFolder(r["run_dir"])
+            model = run.load_model()
+            x = np.stack([decode_image(p, run.image_size) for p in sample])
             probs = model.predict(x, verbose=0)
             pred = probs.argmax(axis=1)
             arrays[name] = class_activation_maps(model, x, pred).astype(np.float32)
@@ -176,18 +169,18 @@ def _gradcam_sample(folder: Path, done, paths, manifests, log) -> dict | None:
             log(f"warning: Grad-CAM for {name} failed: {type(exc).__name__}: {exc}")
     if not arrays:
         return None
-    np.savez_compressed(folder / GRADCAM_FILE, **arrays)
+    np.savez_compressed(folder / runs.GRADCAM, **arrays)
     true = [preds[done[0]["backbone"]][p][0] for p in sample]
     backbones = [r["backbone"] for r in done if r["backbone"] in arrays]
-    return {"file": GRADCAM_FILE, "paths": sample, "true": true, "backbones": backbones}
+    return {"file": runs.GRADCAM, "paths": sample, "true": true, "backbones": backbones}
 
 
-def _write_reports(folder: Path, out: Path, log) -> None:
-    try:
-        from reports import write_any_report
-        from reports.compare import write_index
+def main(args) -> int:
+    from backbones import list_backbones
 
-        write_any_report(folder)
-        write_index(out)
-    except Exception as exc:  # the comparison's data is written; a report problem must not lose it
-        log(f"warning: the comparison report could not be written: {type(exc).__name__}: {exc}")
+    flags = run_flags(args)
+    flags.pop("backbone")
+    with training_output():
+        folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=log)
+    print(folder)
+    return 0

@@ -1,4 +1,4 @@
-"""``suite run``: one backbone, one dataset, one complete run folder.
+"""``suite run``: one backbone, one dataset, one complete run folder; ``prepare`` and ``execute`` serve cv and tune too.
 
 data folder -> discover -> decode/cache -> split -> build model -> fit -> evaluate
 -> run folder (manifest, history, metrics, predictions, model, logs) -> report.
@@ -7,26 +7,25 @@ data folder -> discover -> decode/cache -> split -> build model -> fit -> evalua
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from backbones import BackboneSpec, get_spec
+from reports import finish
 from suite import runs
+from suite.commands import log as _log
+from suite.commands import run_flags, training_output
 from suite.config import RunConfig, resolve_config
 from suite.data.dataset import PreparedData, prepare_data
 from suite.data.discover import discover
 from suite.io import write_csv_atomic, write_json_atomic
 from suite.runtime import configure_process
 from suite.weights import WeightsChoice, resolve_weights
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +43,6 @@ def prepare(
     *,
     progress: bool = True,
     log: Callable[[str], None] = _log,
-    defaults: Mapping[str, Any] | None = None,
 ) -> Prepared:
     """Resolve the configuration, the weights and the data of a run; no folder is made yet.
 
@@ -53,14 +51,13 @@ def prepare(
             from the dataset's card and the reference defaults.
         progress: show progress bars.
         log: where one-line status messages go.
-        defaults: command-level defaults (see ``resolve_config``).
 
     Raises:
         SuiteError: bad data or unavailable weights.
     """
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
     index = discover(flags.get("data") or _phantom_root(log, progress))
-    config = resolve_config({**flags, "backbone": spec.name}, index.card, defaults)
+    config = resolve_config({**flags, "backbone": spec.name}, index.card)
     configure_process(config.cpu_devices, config.strategy)  # before anything starts the backend; may refuse
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
@@ -112,9 +109,9 @@ def execute(
         manifest.update(status="failed", error=f"{type(exc).__name__}: interrupted")
         raise
     finally:
-        manifest["finished"] = _now()
+        manifest["finished"] = runs.now_iso()
         runs.write_manifest(run_dir, manifest)
-        _write_report(run_dir, log)
+        finish(run_dir, log)
     return run_dir
 
 
@@ -124,14 +121,13 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = _log,
     raise_errors: bool = True,
-    defaults: Mapping[str, Any] | None = None,
 ) -> Path:
     """Train and evaluate one backbone; return the finished run folder ``<out>/<timestamp>-<backbone>``.
 
     Bad data or unavailable weights raise ``SuiteError`` before any run folder is made.
     See :func:`prepare` and :func:`execute` for the arguments.
     """
-    prepared = prepare(flags, progress=progress, log=log, defaults=defaults)
+    prepared = prepare(flags, progress=progress, log=log)
     run_dir = runs.new_run_dir(prepared.config.out, prepared.spec.name)
     return execute(prepared, run_dir, log=log, raise_errors=raise_errors)
 
@@ -144,13 +140,9 @@ def _phantom_root(log, progress: bool) -> Path:
     return ensure_phantom(progress=progress)
 
 
-def _now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weights: WeightsChoice) -> dict:
     """The manifest as it stands before training; completed as the run goes on."""
-    from suite.device import backend, describe_device, package_versions
+    from suite.runtime import backend, describe_device, package_versions
 
     warnings = [weights.warning] if weights.warning else []
     notice = ("SYNTHETIC DATA: this run used the synthetic phantom dataset, not real MRI; its figures say "
@@ -160,7 +152,7 @@ def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weigh
         "run_id": run_dir.name,
         "status": "running",
         "error": None,
-        "created": _now(),
+        "created": runs.now_iso(),
         "backbone": config.backbone,
         "config": config.to_dict(),
         "seed": config.seed,
@@ -186,10 +178,10 @@ def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weigh
 def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> None:
     import keras
 
-    from suite.device import accelerators
-    from suite.metrics import classification_metrics, prediction_rows
     from suite.inference import time_inference
+    from suite.metrics import classification_metrics, prediction_rows
     from suite.model import set_precision
+    from suite.runtime import accelerators
 
     manifest["runtime"] = configure_process(config.cpu_devices, config.strategy)
     keras.backend.clear_session()
@@ -268,27 +260,15 @@ def leak_free_metrics(data: PreparedData, y_test, probs) -> dict:
 
     mask = data.leak_free_test()
     summary = {"n_excluded": int((~mask).sum()), "definition": "test images with no exact or near-duplicate "
-               "training or validation image (suite.duplicates)"}
+               "training or validation image (suite.data.duplicates)"}
     if not mask.any():
         return {**summary, "n_test": 0}
     full = classification_metrics(y_test[mask], probs[mask], data.labels)
     return {**summary, **{k: full[k] for k in LEAK_FREE_KEYS}}
 
 
-def _write_report(run_dir: Path, log) -> None:
-    try:
-        from reports.render import write_run_report
-
-        write_run_report(run_dir)
-    except Exception as exc:  # a report problem must not lose the run itself
-        log(f"warning: the report could not be written: {type(exc).__name__}: {exc}")
-    _write_index(run_dir.parent, log)
-
-
-def _write_index(out: Path, log) -> None:
-    try:
-        from reports.compare import write_index
-
-        write_index(out)
-    except Exception as exc:
-        log(f"warning: {out}/index.html could not be updated: {type(exc).__name__}: {exc}")
+def main(args) -> int:
+    with training_output():
+        run_dir = run(run_flags(args), progress=not args.quiet)
+    print(run_dir)
+    return 0

@@ -1,276 +1,46 @@
-"""``suite tune``: a Keras Tuner search over one backbone's training settings, then the best retrained.
+"""Trials of a hyper-parameter search: Keras Tuner's oracle and tuner, what one trial trains, what is kept of it.
 
-prepare (decode once) -> search space (defaults, then ``--space`` TOML, then run flags, which
-fix a setting) -> oracle (random, bayesian, hyperband) -> trials (a ``RunConfig`` from the
-trial's values -> one fold, or K stratified folds of the training pool -> fit -> the best
-epoch's objective, averaged over folds) -> best values -> a normal run folder inside the
-tuning folder (trained and tested as ``suite run`` would) -> ``tuning.json`` + ``report.html``.
-
-Fast path: when fine-tuning is fixed to ``head`` the backbone is frozen in every trial, so
-its pooled features are computed once (``suite.embeddings``, cached on disk) and each
-trial trains only dropout + softmax on them, all trials on one compiled head model that is
-reset to its initial state between them (``ReusableHead``). Augmentation cannot be searched
-then: the features are of un-augmented images.
-
-Distributed search is Keras Tuner's own: with ``KERASTUNER_TUNER_ID``,
-``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` set, the process whose tuner id
-contains ``chief`` serves the oracle and, once the workers have run every trial, writes
-``tuning.json`` and retrains the best; workers only run trials. All of them take
-``--out`` as the tuning folder itself and must share it.
+``suite.commands.tune`` plans the search; here a trial's values become a ``RunConfig``
+(``TrialRunner.trial_config``), are trained on one or K folds of the training pool (full
+models in ``ImageTrials``; only the head on cached features in ``HeadTrials``, the fast path)
+and scored by the best epoch's objective; ``collect_trials`` reads every trial back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import functools
 import gc
-import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from suite import runs
 from suite.errors import SuiteError
 from suite.io import read_json, write_json_atomic
-from suite.search_space import DEFAULT_SPACE, SearchSpace
+from suite.search_space import SearchSpace
 
 OBJECTIVES = ("val_accuracy", "val_macro_f1")
 # --tuner NAME -> the Keras Tuner oracle class (in keras_tuner.oracles) that picks the trials.
 ORACLES = {"random": "RandomSearchOracle", "bayesian": "BayesianOptimizationOracle", "hyperband": "HyperbandOracle"}
 TUNER_NAMES = tuple(ORACLES)
-TUNING_FILE = "tuning.json"
-SEARCH_FILE = "search.json"  # what a resumed search must match
-TRIAL_FILE = "suite_trial.json"  # per trial, beside Keras Tuner's trial.json
-PROJECT = "keras_tuner"  # Keras Tuner's project folder inside the tuning folder
-TEST_METRIC_KEYS = ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "per_class", "confusion_matrix",
-                    "labels", "n_test", "roc_auc_macro", "ece")
-FAST_PATH_NOTE = ("Fast path: the frozen backbone's pooled features were computed once, from un-augmented "
-                  "images, and every trial trained only the head (dropout + softmax) on them; augmentation "
-                  "was therefore not searched (fixed to none).")
-HYPERBAND_NOTE = ("Hyperband: a trial promoted to more epochs trains from scratch for its tuner/epochs "
-                  "rather than continuing its predecessor's checkpoint.")
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class TuneSettings:
-    """How to search, as opposed to what a run computes (that is ``RunConfig``).
-
-    Args:
-        tuner: ``random``, ``bayesian`` or ``hyperband`` (Keras Tuner's oracles).
-        max_trials: trials in all, counting those a resumed search already finished.
-        objective: ``val_accuracy`` or ``val_macro_f1``, maximised.
-        space: the search space before run flags fix settings (see ``suite.search_space``).
-        resume: a tuning folder whose search continues (finished trials are kept, not rerun).
-        cv: K to score each trial by the mean over K stratified folds of the training
-            pool; ``None`` scores it on the validation split.
-        fast_path: allow the cached-embeddings path when fine-tuning is fixed to ``head``.
-        compare_default: also train the un-tuned settings, for a best-versus-default comparison.
-        max_consecutive_failures: stop the search after this many failed trials in a row.
-    """
-
-    tuner: str = "random"
-    max_trials: int = 10
-    objective: str = "val_accuracy"
-    space: SearchSpace = DEFAULT_SPACE
-    resume: Path | None = None
-    cv: int | None = None
-    fast_path: bool = True
-    compare_default: bool = False
-    max_consecutive_failures: int = 3
-
-    def __post_init__(self):
-        if self.tuner not in TUNER_NAMES:
-            raise ValueError(f"tuner must be one of {', '.join(TUNER_NAMES)}, got {self.tuner!r}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.max_trials < 1:
-            raise ValueError(f"max_trials must be at least 1, got {self.max_trials}")
-        if self.cv is not None and self.cv < 2:
-            raise ValueError(f"cv needs at least 2 folds, got {self.cv}")
-        if self.max_consecutive_failures < 1:
-            raise ValueError("max_consecutive_failures must be at least 1")
-
-
-def distributed_role(environ: Mapping[str, str] = os.environ) -> str:
-    """``standalone``, ``chief`` or ``worker``, by Keras Tuner's own rule on its environment variables."""
-    if "KERASTUNER_ORACLE_IP" not in environ:
-        return "standalone"
-    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if v not in environ]
-    if missing:
-        raise SuiteError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} not: set all three")
-    return "chief" if "chief" in environ["KERASTUNER_TUNER_ID"] else "worker"
-
-
-# ----------------------------------------------------------------------------------
-# The command
-# ----------------------------------------------------------------------------------
-
-
-def tune(
-    flags: Mapping[str, Any],
-    settings: TuneSettings,
-    *,
-    progress: bool = True,
-    log: Callable[[str], None] = _log,
-) -> Path:
-    """Search, retrain the best settings, evaluate them on the test set; return the tuning folder.
-
-    Args:
-        flags: run settings as for ``suite run``; a searchable one that is given is fixed.
-        settings: how to search.
-        progress: show progress bars while decoding.
-        log: one-line status messages.
-
-    Raises:
-        SuiteError: bad data, weights or settings, or a resume that does not match.
-    """
-    from suite.pipeline import prepare
-
-    role = distributed_role()
-    prepared = prepare(flags, progress=progress, log=log)
-    space, fast, notes = plan_space(settings, flags)
-    if settings.tuner == "hyperband":
-        notes.append(HYPERBAND_NOTE)
-    folder = tuning_folder(flags, prepared.config, settings, role)
-    identity = search_identity(prepared, settings, space, fast)
-    if role != "worker":
-        _check_or_write_search(folder, identity, settings.max_trials)
-    for note in notes:
-        log(f"note: {note}")
-    runner = (HeadTrials if fast else ImageTrials)(prepared, settings.objective, settings.cv, space.names, log=log)
-    previous = _read_previous(folder)
-    if role != "worker":
-        write_json_atomic(folder / TUNING_FILE, {**(previous or {}), **identity, "status": "running",
-                                                 "notes": notes, "created": _now()})
-    start = time.perf_counter()
-    tuner, stopped = run_search(folder, settings, space, prepared.config, runner, log)
-    search_s = time.perf_counter() - start
-    if role == "worker":
-        log(f"worker {os.environ['KERASTUNER_TUNER_ID']} done: the chief writes {folder / TUNING_FILE}")
-        return folder
-    trials = collect_trials(tuner.oracle, folder, settings.objective)
-    tuning = {**identity, "schema": 1, "kind": "tuning", "tuning_id": folder.name, "created": _now(),
-              "role": role, "notes": notes, "search_stopped": stopped, "search_s": round(search_s, 3),
-              "embeddings": runner.describe(), "trials": trials, "n_trials": len(trials),
-              "max_trials": settings.max_trials, "best": best_of(trials)}
-    log(_best_sentence(tuning))
-    tuning.update(_retrain(prepared, space, tuning, previous, folder, settings, log))
-    tuning["finished"] = _now()
-    write_json_atomic(folder / TUNING_FILE, tuning)
-    _write_report(folder, log)
-    return folder
-
-
-def plan_space(settings: TuneSettings, flags: Mapping[str, Any]) -> tuple[SearchSpace, bool, list[str]]:
-    """The space trials draw from, whether the fast path applies, and notes for the record.
-
-    Run flags fix what they give. The fast path applies when fine-tuning is fixed to
-    ``head`` (and ``settings.fast_path``); augmentation is then fixed to ``none``.
-
-    Raises:
-        SuiteError: the fast path with augmentation fixed to ``light``.
-    """
-    space = settings.space.fix_given(flags)
-    fast = settings.fast_path and space.fixed("finetune") == "head"
-    notes = []
-    if fast:
-        if space.fixed("augment") == "light":
-            raise SuiteError("augmentation 'light' cannot be used on the fast path (features of un-augmented "
-                             "images); pass --no-fast-path to train full models with augmentation")
-        space = space.fix("augment", "none")
-        notes.append(FAST_PATH_NOTE)
-    return space, fast, notes
-
-
-def tuning_folder(flags: Mapping[str, Any], config, settings: TuneSettings, role: str) -> Path:
-    """Where the search lives.
-
-    ``settings.resume`` when given (it must hold a search); else, for a distributed chief or
-    worker, ``--out`` itself (all processes must agree on it, so no timestamp); else a new
-    ``<out>/<timestamp>-tune-<backbone>``.
-    """
-    if settings.resume is not None:
-        folder = Path(settings.resume)
-        if not (folder / SEARCH_FILE).is_file():
-            raise SuiteError(f"nothing to resume in {folder}: it has no {SEARCH_FILE} (not a tuning folder?)")
-        return folder
-    if role == "standalone":
-        return runs.new_run_dir(config.out, f"tune-{config.backbone}")
-    if not flags.get("out"):
-        raise SuiteError(f"a distributed {role} needs --out DIR: the tuning folder every process shares")
-    folder = Path(flags["out"])
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def latest_search(out: str | Path, backbone: str) -> Path | None:
-    """The newest tuning folder of ``backbone`` under ``out`` (for a bare ``--resume``)."""
-    for folder in sorted(Path(out).glob(f"*-tune-{backbone}*"), reverse=True):
-        if (folder / SEARCH_FILE).is_file():
-            return folder
-    return None
-
-
-def search_identity(prepared, settings: TuneSettings, space: SearchSpace, fast: bool) -> dict:
-    """What a resumed search must share with the original (``max_trials`` may grow)."""
-    fixed_config = {k: v for k, v in prepared.config.to_dict().items()
-                    if k not in space.names and k not in ("out", "workers", "data")}
-    identity = {
-        "backbone": prepared.spec.name,
-        "tuner": settings.tuner,
-        "objective": settings.objective,
-        "cv": settings.cv,
-        "fast_path": fast,
-        "space": space.describe(),
-        "config": fixed_config,
-        "data_fingerprint": prepared.data.data_fingerprint,
-        "split_fingerprint": prepared.data.split_fingerprint,
-        "dataset": prepared.data.index.describe(),
-        "labels": list(prepared.data.labels),
-    }
-    return json.loads(json.dumps(identity, default=str))  # tuples -> lists, as read back
-
-
-def _check_or_write_search(folder: Path, identity: dict, max_trials: int) -> None:
-    """Record what the search is; a folder that holds one already must hold this one."""
-    path = folder / SEARCH_FILE
-    if path.is_file():  # resuming, or a restarted chief
-        old = read_json(path)
-        changed = {k: {"was": old.get(k), "now": v} for k, v in identity.items()
-                   if k != "dataset" and old.get(k) != v}
-        if changed:
-            raise SuiteError(f"cannot resume {folder}: settings differ from the original search "
-                             f"(only --max-trials may change): {json.dumps(changed)}")
-    write_json_atomic(path, {**identity, "max_trials": max_trials, "updated": _now()})
-
-
-def _read_previous(folder: Path) -> dict | None:
-    try:
-        return read_json(folder / TUNING_FILE)
-    except (OSError, ValueError):
-        return None
-
-
-def _now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
 
 # ----------------------------------------------------------------------------------
 # The search
 # ----------------------------------------------------------------------------------
 
 
-def make_oracle(settings: TuneSettings, space: SearchSpace, config):
+def make_oracle(settings, space: SearchSpace, config):
     """Keras Tuner's oracle for ``settings.tuner``, maximising ``settings.objective`` over ``space``."""
     import keras_tuner
 
@@ -308,11 +78,11 @@ def _tuner_class():
     return SuiteTuner
 
 
-def make_tuner(folder: Path, settings: TuneSettings, space: SearchSpace, config, runner: TrialRunner):
+def make_tuner(folder: Path, settings, space: SearchSpace, config, runner: TrialRunner):
     """The tuner over ``folder/keras_tuner``; an existing project there is reloaded, never overwritten."""
     with contextlib.redirect_stdout(sys.stderr):  # Keras Tuner prints; stdout is for the folder
         return _tuner_class()(make_oracle(settings, space, config), runner, directory=str(folder),
-                              project_name=PROJECT, overwrite=False)
+                              project_name=runs.TUNER_PROJECT, overwrite=False)
 
 
 def run_search(folder, settings, space, config, runner, log) -> tuple[Any, str | None]:
@@ -363,7 +133,7 @@ class TrialRunner:
     Subclasses say what a fold trains on (:meth:`fold_model_and_data`).
 
     Args:
-        prepared: ``suite.pipeline.Prepared`` (its config is the base every trial changes).
+        prepared: ``suite.commands.run.Prepared`` (its config is the base every trial changes).
         objective: ``val_accuracy`` or ``val_macro_f1``.
         cv: K folds of the training pool, or ``None`` for the train/validation split.
         searched: names of the settings a trial's values may set.
@@ -394,13 +164,13 @@ class TrialRunner:
         try:
             config = self.trial_config(values)
             for k, (train_rows, val_rows) in enumerate(self.folds_):
-                name = "history.csv" if len(self.folds_) == 1 else f"history_fold{k}.csv"
+                name = runs.HISTORY if len(self.folds_) == 1 else f"history_fold{k}.csv"
                 self.start_fold(k)
                 score, record["params"] = self._fit_fold(config, train_rows, val_rows, trial_dir / name)
                 record["fold_scores"].append(score)
             score = float(np.mean(record["fold_scores"]))
             record.update(status="COMPLETED", score=score)
-            self.log(f"trial {trial_id}: {_values_text(values)} -> {self.objective} {score:.4f}"
+            self.log(f"trial {trial_id}: {values_text(values)} -> {self.objective} {score:.4f}"
                      f" ({time.perf_counter() - start:.1f} s)")
             metrics = {self.objective: score}
             if len(self.folds_) > 1:
@@ -413,7 +183,7 @@ class TrialRunner:
         finally:
             record["seconds"] = round(time.perf_counter() - start, 3)
             record["rss_mb"] = _rss_mb()
-            write_json_atomic(trial_dir / TRIAL_FILE, record)
+            write_json_atomic(trial_dir / runs.TRIAL, record)
 
     def start_fold(self, k: int) -> None:
         """Before fold ``k`` of a trial: start from an empty Keras session.
@@ -676,7 +446,7 @@ def _images(data, rows) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data.images[rows]), data.y[rows]
 
 
-def _values_text(values: Mapping[str, Any]) -> str:
+def values_text(values: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in values.items() if not k.startswith("tuner/"))
 
@@ -721,7 +491,7 @@ def collect_trials(oracle, folder: Path, objective: str) -> list[dict]:
 
 def _trial_file(folder: Path, trial_id: str) -> dict:
     try:
-        return read_json(folder / PROJECT / f"trial_{trial_id}" / TRIAL_FILE)
+        return read_json(folder / runs.TUNER_PROJECT / f"trial_{trial_id}" / runs.TRIAL)
     except (OSError, ValueError):
         return {}
 
@@ -744,73 +514,3 @@ def best_of(trials: list[dict]) -> dict | None:
         return None
     best = max(done, key=lambda t: t["score"])
     return {"trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"], "score": best["score"]}
-
-
-def _best_sentence(tuning: dict) -> str:
-    best = tuning["best"]
-    if best is None:
-        return f"no trial completed ({tuning['n_trials']} on record)"
-    return (f"best trial {best['trial_id']}: {tuning['objective']} {best['score']:.4f} with "
-            f"{_values_text(best['hyperparameters'])}")
-
-
-def _retrain(prepared, space: SearchSpace, tuning: dict, previous: dict | None, folder: Path,
-             settings: TuneSettings, log) -> dict:
-    """Train the best settings (and, if asked, the defaults) as normal runs; their test metrics."""
-    if tuning["best"] is None:
-        error = "no trial completed: nothing to retrain"
-        log(f"error: {error}")
-        return {"status": "failed", "error": error, "best_run": None, "test_metrics": None}
-    best = tuning["best"]
-    values = {k: v for k, v in best["hyperparameters"].items() if k in space.names}
-    old = (previous or {}).get("best_run")
-    out = {}
-    out["best_run"], out["test_metrics"] = _train_run(prepared, values, "best", f"trial {best['trial_id']}",
-                                                      old, folder, log)
-    if settings.compare_default:
-        # The reference recipe's values, except what the search itself was told to keep fixed.
-        fixed = {p.name: p.fixed for p in space.params if p.fixed is not None}
-        old = (previous or {}).get("default_run")
-        out["default_run"], out["default_test_metrics"] = _train_run(prepared, fixed, "default", "defaults",
-                                                                     old, folder, log)
-        out["default_hyperparameters"] = {k: fixed.get(k, getattr(prepared.config, k)) for k in space.names}
-    out["status"] = "completed" if out["test_metrics"] is not None else "failed"
-    return out
-
-
-def _train_run(prepared, values: dict, role: str, source: str, old: dict | None, folder: Path,
-               log) -> tuple[dict, dict | None]:
-    """A run folder inside ``folder`` with ``values`` applied: its record and headline test metrics.
-
-    A resumed search whose best settings did not change keeps the run it already trained.
-    """
-    from suite.pipeline import execute
-
-    if old and old.get("source") == source and _completed(folder / str(old.get("run_dir"))):
-        log(f"{role} settings unchanged since the last search: keeping {old['run_dir']}")
-        run_dir = folder / old["run_dir"]
-    else:
-        config = dataclasses.replace(prepared.config, **values, out=str(folder))
-        run_dir = runs.new_run_dir(folder, f"{prepared.spec.name}-{role}")
-        log(f"retraining the {role} settings into {run_dir}")
-        execute(dataclasses.replace(prepared, config=config), run_dir, log=log, raise_errors=False)
-    manifest = runs.read_manifest(run_dir)
-    record = {"run_dir": run_dir.name, "source": source, "status": manifest["status"],
-              "error": manifest.get("error"), "config": manifest["config"]}
-    if manifest["status"] != "completed":
-        return record, None
-    metrics = read_json(run_dir / runs.METRICS)
-    return record, {k: metrics[k] for k in TEST_METRIC_KEYS if k in metrics}
-
-
-def _completed(run_dir: Path) -> bool:
-    return runs.is_run_dir(run_dir) and runs.read_manifest(run_dir)["status"] == "completed"
-
-
-def _write_report(folder: Path, log) -> None:
-    try:
-        from reports.tuning import write_tuning_report
-
-        write_tuning_report(folder)
-    except Exception as exc:  # tuning.json is written; a report problem must not lose it
-        log(f"warning: the tuning report could not be written: {type(exc).__name__}: {exc}")

@@ -9,11 +9,11 @@ Both sides train the same model (``suite.model.build_model``) on the same synthe
 * **bare**: ``model.fit`` on in-memory arrays with no callbacks, as a notebook would.
 
 They alternate on one model, in the order bare, suite, suite, bare, bare, suite, ... so that a
-steady drift in machine speed (load, clocks) hits both alike, and both run the same compiled step. The first fit's first epoch carries tracing and
-compilation, every fit's first epoch its set-up: each is reported as warm-up and never mixed
-into throughput. Throughput counts each later epoch's training steps and its
-end-of-epoch callbacks; the validation pass, which both sides run on the same images, is
-timed apart.
+steady drift in machine speed (load, clocks) hits both alike, and both run the same compiled
+step. The first fit's first epoch carries tracing and compilation, every fit's first epoch its
+set-up: each is reported as warm-up and never mixed into throughput. Throughput counts each
+later epoch's training steps and its end-of-epoch callbacks; the validation pass, which both
+sides run on the same images, is timed apart.
 """
 
 from __future__ import annotations
@@ -22,12 +22,15 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 N_CLASSES = 4
+# The run settings that change what bench measures; the rest of a run's flags do not apply.
+BENCH_FLAGS = ("backbone", "image_size", "batch_size", "precision", "finetune", "strategy", "cpu_devices")
 
 @dataclasses.dataclass(frozen=True)
 class BenchSettings:
@@ -75,15 +78,12 @@ def bench(flags: Mapping[str, Any], settings: BenchSettings = BenchSettings(), *
 
     from backbones import get_spec
     from suite.config import resolve_config
-    from suite.device import backend, describe_device
     from suite.model import build_model, precision_scope
-    from suite.runtime import configure_process, distribution_scope, make_distribution
+    from suite.runtime import backend, configure_process, describe_device, distribution_scope, make_distribution
 
     runtime = configure_process(flags.get("cpu_devices"), flags.get("strategy"))
-    spec = get_spec(flags.get("backbone") or "efficientnetb0")
-    config = resolve_config({**{k: v for k, v in flags.items() if v is not None},
-                             "backbone": spec.name, "weights": flags.get("weights") or "none",
-                             "epochs": settings.epochs})
+    config = resolve_config({**flags, "epochs": settings.epochs}, defaults={"weights": "none"})
+    spec = get_spec(config.backbone)
     n_train = settings.steps * config.batch_size
     n_val = max(config.batch_size, int(round(n_train * settings.val_fraction)))
     with precision_scope(config.precision) as policy, tempfile.TemporaryDirectory(prefix="suite-bench-") as tmp:
@@ -177,3 +177,20 @@ def _inference(model, config, images) -> dict:
         seconds.append(time.perf_counter() - start)
     latency = time_inference(model, x[: config.batch_size], batch_size=config.batch_size)
     return {"infer_ips": round(len(x) / min(seconds), 2), "infer_ms_per_image": latency["infer_ms_per_image"]}
+
+
+def main(args) -> int:
+    import json
+
+    from suite.commands import log, run_flags, training_output
+    from suite.errors import SuiteError
+
+    try:
+        settings = BenchSettings(steps=args.steps, epochs=args.epochs, rounds=args.rounds)
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
+    flags = {k: v for k, v in run_flags(args).items() if k in BENCH_FLAGS}
+    with training_output():
+        result = bench(flags, settings, log=log)
+    print(json.dumps(result, indent=2))
+    return 0

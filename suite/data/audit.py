@@ -1,9 +1,9 @@
 """Audit a dataset folder: what it holds, what cannot be read, and what is duplicated.
 
-``audit(index) -> dict`` computes; ``write_audit(result, out_dir)`` writes ``audit.json``
-and a self-contained ``audit.html``; ``run_audit(data_dir)`` does both into a new folder.
+``audit(index) -> dict`` computes, from a discovered dataset, what ``suite audit``
+(``suite.commands.audit``) writes to ``audit.json`` and renders as ``audit.html``.
 
-Duplicates come from :mod:`suite.duplicates`: *exact* means byte-identical files (equal
+Duplicates come from :mod:`suite.data.duplicates`: *exact* means byte-identical files (equal
 content digests), *near* means a perceptual-hash candidate confirmed on pixels (and not
 exact). Clusters join both, transitively.
 
@@ -20,17 +20,16 @@ is false.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from suite.data.decode import load_images
-from suite.data.discover import DatasetIndex, discover
-from suite.duplicates import (
+from suite.data.discover import DatasetIndex
+from suite.data.duplicates import (
     DEFAULT_THRESHOLD,
     DEFAULT_TOL,
     HASH_INPUT,
@@ -39,16 +38,12 @@ from suite.duplicates import (
     clusters,
     find_duplicates,
 )
-from suite.io import write_json_atomic, write_text_atomic
+from suite.runs import now_iso
 
-AUDIT_JSON = "audit.json"
-AUDIT_HTML = "audit.html"
 MAX_EXAMPLES = 12  # example pairs kept per category
 MAX_SIZES = 12  # most common exact image sizes listed; the rest are summed as "other"
 REFERENCE_SPLITS = ("train", "val")
 TEST_SPLIT = "test"
-EXAMPLE_CATEGORIES = ("cross_split_exact", "cross_split_near", "within_split_exact", "within_split_near",
-                      "label_conflicts")
 # Longest side of an image -> bucket; each bucket's lower bound in pixels.
 SIZE_BUCKETS = ((0, "< 128 px"), (128, "128-255 px"), (256, "256-511 px"), (512, "512-1023 px"),
                 (1024, "1024-2047 px"), (2048, "\u2265 2048 px"))
@@ -71,9 +66,9 @@ def audit(
         image_size: side of the decoded images the duplicate search works on
             (default 64; they come from, and go to, the image cache).
         threshold: Hamming distance of hash candidates (default
-            :data:`suite.duplicates.DEFAULT_THRESHOLD`).
+            :data:`suite.data.duplicates.DEFAULT_THRESHOLD`).
         tol: pixel tolerance that confirms a near duplicate (default
-            :data:`suite.duplicates.DEFAULT_TOL`).
+            :data:`suite.data.duplicates.DEFAULT_TOL`).
         progress: show a progress bar while decoding.
         workers: decoding processes (``None``: every core).
         examples: example pairs kept per category.
@@ -100,7 +95,7 @@ def audit(
     facts = _Facts(index, ok, dup)
     result = {
         "dataset": index.describe(),
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "created": now_iso(),
         "settings": _settings(image_size, threshold, tol),
         "counts": _counts(index, ok),
         "headers": header_histograms(headers),
@@ -122,45 +117,6 @@ def audit(
         "total_s": round(time.perf_counter() - started, 3),
     }
     return result
-
-
-def write_audit(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``audit.json`` and ``audit.html`` into ``out_dir`` (made if missing).
-
-    Returns:
-        ``(json_path, html_path)``.
-    """
-    from reports.audit import render_audit
-
-    out_dir = Path(out_dir)
-    json_path = write_json_atomic(out_dir / AUDIT_JSON, result)
-    html_path = write_text_atomic(out_dir / AUDIT_HTML, render_audit(result))
-    return json_path, html_path
-
-
-def run_audit(data_dir: str | Path, out: str | Path | None = None, **kw) -> Path:
-    """Discover, decode, audit and write the report into a new folder.
-
-    Args:
-        data_dir: the dataset folder (split or flat layout).
-        out: parent folder of the audit folder (default ``runs``); the audit goes to
-            ``<out>/<timestamp>-audit-<dataset name>/``.
-        **kw: passed to :func:`audit` (``image_size``, ``threshold``, ``tol``,
-            ``progress``, ``workers``, ``examples``).
-
-    Returns:
-        The audit folder.
-    """
-    from suite.runs import new_run_dir
-
-    started = time.perf_counter()
-    index = discover(data_dir, check=False)
-    discovered_s = time.perf_counter() - started
-    result = audit(index, **kw)
-    result["timings"] = {"discover_s": round(discovered_s, 3), **result["timings"]}
-    folder = new_run_dir(out or "runs", f"audit-{_slug(index.name)}")
-    write_audit(result, folder)
-    return folder
 
 
 # ----------------------------------------------------------------------------------
@@ -399,6 +355,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A dataset name as a safe folder-name part."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "dataset"

@@ -40,7 +40,7 @@ the pair search alone over 5000 hashes takes about 0.2 s.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,14 +1,20 @@
-"""``suite evaluate``: score a finished run's model on another dataset (external validation)."""
+"""``suite evaluate``: score a finished run's model on another dataset (external validation).
+
+run folder (model, labels, image size) + dataset -> decode -> predict -> metrics on the classes
+the model knows, unseen classes counted apart -> evaluation folder (manifest, metrics, predictions, report).
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from reports import finish
 from suite import runs
+from suite.commands import log
 from suite.data.decode import load_images
 from suite.data.discover import discover
 from suite.errors import DataError
@@ -39,18 +45,17 @@ def unseen_summary(entries, labels, predicted) -> dict:
     return {k: {"n": v["n"], "predicted": dict(v["predicted"])} for k, v in sorted(out.items())}
 
 
-def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progress: bool = True) -> Path:
+def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progress: bool = True,
+                      log: Callable[[str], None] = log) -> Path:
     """Score ``run_dir``'s model on ``data_dir``; write and return an evaluation folder.
 
     Images of classes the model never saw are predicted and reported (how many, what
     they were called) but left out of the metrics, which only make sense on known classes.
     """
     from suite.metrics import classification_metrics, prediction_rows
-    from suite.inference import load_run_model
-
-    run_dir = Path(run_dir)
-    model, source = load_run_model(run_dir)
-    labels, size = source["dataset"]["labels"], source["config"]["image_size"]
+    run = runs.RunFolder(run_dir)
+    model, source, labels, size = run.load_model(), run.manifest, run.labels, run.image_size
+    run_dir = run.path
     index = discover(data_dir, check=False)
     entries, split = select_entries(index, split)
     decoded = load_images([e.path for e in entries], size, progress=progress)
@@ -74,9 +79,7 @@ def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progr
         row[1] = e.label  # the true label, possibly one the model never saw
     write_csv_atomic(folder / runs.PREDICTIONS, header, rows)
     runs.write_manifest(folder, _manifest(folder, run_dir, source, index, split, metrics, skipped))
-    from reports.render import write_run_report
-
-    write_run_report(folder)
+    finish(folder, log)
     return folder
 
 
@@ -94,7 +97,7 @@ def _manifest(folder, run_dir, source, index, split, metrics, skipped) -> dict:
         "run_id": folder.name,
         "status": "completed",
         "error": None,
-        "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "created": runs.now_iso(),
         "backbone": source["backbone"],
         "source_run": str(run_dir.resolve()),
         "config": {**source["config"], "evaluated_split": split},
@@ -110,3 +113,8 @@ def _manifest(folder, run_dir, source, index, split, metrics, skipped) -> dict:
         "package_versions": source.get("package_versions", {}),
         "timings": {},
     }
+
+
+def main(args) -> int:
+    print(evaluate_external(args.run_dir, args.data, out=args.out, split=args.split, progress=not args.quiet))
+    return 0

@@ -9,20 +9,24 @@ the official test split, when there is one, is scored separately and never train
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
+from reports import finish
 from suite import runs
+from suite.commands import log, run_flags, training_output
+from suite.config import PLACEMENT_FIELDS, RunConfig
 from suite.data.splits import Split, split_fingerprint, stratified_holdout
 from suite.errors import SuiteError
 from suite.io import read_json, write_json_atomic
+from suite.metrics import named_figures
 
-CV_FILE = "cv.json"
-OFFICIAL_TEST = "official_test_metrics.json"
+# The figures cv.json aggregates over folds (names as suite.metrics.named_figures gives them).
+FOLD_FIGURES = ("accuracy", "macro_f1")
+PER_CLASS_FIGURES = ("recall", "f1")
 
 
 def fold_splits(
@@ -40,6 +44,7 @@ def fold_splits(
             a fold's train/validation parts).
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     from suite.data.splits import grouped_holdout
 
     smallest = np.bincount(np.unique(labels[pool], return_inverse=True)[1]).min()
@@ -74,11 +79,9 @@ def summarise(values: list[float], confidence: float = 0.95) -> dict:
 
 def fold_figures(metrics: Mapping) -> dict:
     """The figures cv.json aggregates: accuracy, macro-F1, per-class recall and F1."""
-    out = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
-    for label, m in metrics["per_class"].items():
-        out[f"recall_{label}"] = m["recall"]
-        out[f"f1_{label}"] = m["f1"]
-    return out
+    figures = named_figures(metrics)
+    names = [*FOLD_FIGURES, *(f"{stat}_{label}" for label in metrics["per_class"] for stat in PER_CLASS_FIGURES)]
+    return {name: figures[name] for name in names}
 
 
 def aggregate(folds: list[dict], key: str = "metrics") -> dict:
@@ -103,7 +106,7 @@ def cross_validate(
         folds: K (at least 2).
         resume: an existing CV folder: completed folds are kept, the rest are run.
     """
-    from suite.pipeline import prepare
+    from suite.commands.run import prepare
 
     if folds < 2:
         raise SuiteError(f"cross-validation needs at least 2 folds, got {folds}")
@@ -118,46 +121,50 @@ def cross_validate(
     splits = fold_splits(labels, pool, folds, val_fraction=config.val_fraction, seed=config.seed, groups=groups)
     cv_dir = _cv_folder(resume, config, prepared.spec.name)
     plan = _plan(cv_dir, config, data, folds, resume is not None)
-    write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))  # a killed CV can resume from here on
+    write_json_atomic(cv_dir / runs.CV, _with_summary(plan))  # a killed CV can resume from here on
     keys = [str(e.path) for e in data.entries]
     for k, split in enumerate(splits, start=1):
         record = _run_fold(prepared, cv_dir, k, split, keys, official_test, log)
         plan["folds"] = [f for f in plan["folds"] if f["fold"] != k] + [record]
         plan["folds"].sort(key=lambda f: f["fold"])
-        write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))
+        write_json_atomic(cv_dir / runs.CV, _with_summary(plan))
     plan["status"] = "completed" if all(f["status"] == "completed" for f in plan["folds"]) else "failed"
-    write_json_atomic(cv_dir / CV_FILE, _with_summary(plan))
-    _write_report(cv_dir, log)
+    write_json_atomic(cv_dir / runs.CV, _with_summary(plan))
+    finish(cv_dir, log)
     return cv_dir
 
 
 def _cv_folder(resume: Path | None, config, backbone: str) -> Path:
     if resume is None:
         return runs.new_run_dir(config.out, f"cv-{backbone}")
-    if not (resume / CV_FILE).is_file():
-        raise SuiteError(f"{resume} is not a cross-validation folder (no {CV_FILE})")
+    if not (resume / runs.CV).is_file():
+        raise SuiteError(f"{resume} is not a cross-validation folder (no {runs.CV})")
     return resume
 
 
 def _plan(cv_dir: Path, config, data, folds: int, resuming: bool) -> dict:
-    """The CV's identity; on resume it must match the folder's, or the folds would differ."""
+    """The CV's identity; on resume it must match the folder's, or folds would be trained two ways.
+
+    The identity is the whole resolved configuration but where things are written and read
+    (``RunConfig.identity``), K and the data's fingerprint.
+    """
     identity = {"backbone": config.backbone, "k": folds, "seed": config.seed,
                 "data_fingerprint": data.data_fingerprint, "image_size": config.image_size,
                 "epochs": config.epochs}
     if resuming:
-        old = read_json(cv_dir / CV_FILE)
-        changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
-        if changed:
-            raise SuiteError(f"cannot resume {cv_dir}: settings differ from the original run: {changed}")
+        old = read_json(cv_dir / runs.CV)
+        stored = {"k": old.get("k"), "data_fingerprint": old.get("data_fingerprint"),
+                  "config": {n: v for n, v in old.get("config", {}).items() if n not in PLACEMENT_FIELDS}}
+        runs.check_resume(cv_dir, stored, {"k": folds, "data_fingerprint": data.data_fingerprint,
+                                           "config": config.identity()})
         return {**old, "status": "running", "resumed": old.get("resumed", 0) + 1}
-    return {"schema": 1, "kind": "cv", "cv_id": cv_dir.name, "status": "running",
-            "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    return {"schema": 1, "kind": "cv", "cv_id": cv_dir.name, "status": "running", "created": runs.now_iso(),
             "config": config.to_dict(), "dataset": data.index.describe(), "labels": list(data.labels),
             "folds": [], **identity}
 
 
 def _run_fold(prepared, cv_dir: Path, k: int, split: Split, keys, official_test, log) -> dict:
-    from suite.pipeline import execute
+    from suite.commands.run import execute
 
     fold_dir = cv_dir / f"fold-{k}"
     if _completed(fold_dir):
@@ -175,18 +182,15 @@ def _run_fold(prepared, cv_dir: Path, k: int, split: Split, keys, official_test,
 
 
 def _completed(fold_dir: Path) -> bool:
-    return runs.is_run_dir(fold_dir) and runs.read_manifest(fold_dir)["status"] == "completed" and \
-        (fold_dir / runs.METRICS).is_file()
+    return runs.is_completed_run(fold_dir)
 
 
 def _score_official_test(fold_dir: Path, prepared, rows) -> None:
     from suite.metrics import classification_metrics
-    from suite.inference import load_run_model
-
-    model, _ = load_run_model(fold_dir)
+    model = runs.RunFolder(fold_dir).load_model()
     x = np.ascontiguousarray(prepared.data.images[rows])
     probs = model.predict(x, batch_size=prepared.config.batch_size, verbose=0)
-    write_json_atomic(fold_dir / OFFICIAL_TEST, classification_metrics(prepared.data.y[rows], probs,
+    write_json_atomic(fold_dir / runs.OFFICIAL_TEST, classification_metrics(prepared.data.y[rows], probs,
                                                                        prepared.data.labels))
 
 
@@ -196,8 +200,8 @@ def _fold_record(k: int, fold_dir: Path) -> dict:
               "split_fingerprint": manifest["split_fingerprint"]}
     if manifest["status"] == "completed":
         record["metrics"] = fold_figures(read_json(fold_dir / runs.METRICS))
-        if (fold_dir / OFFICIAL_TEST).is_file():
-            record["official_test"] = fold_figures(read_json(fold_dir / OFFICIAL_TEST))
+        if (fold_dir / runs.OFFICIAL_TEST).is_file():
+            record["official_test"] = fold_figures(read_json(fold_dir / runs.OFFICIAL_TEST))
     return record
 
 
@@ -212,19 +216,25 @@ def _with_summary(plan: dict) -> dict:
     return summary
 
 
-def _write_report(cv_dir: Path, log) -> None:
-    try:
-        from reports.cv import write_cv_report
-
-        write_cv_report(cv_dir)
-    except Exception as exc:  # cv.json is written; a report problem must not lose it
-        log(f"warning: the CV report could not be written: {type(exc).__name__}: {exc}")
-
-
 def latest_unfinished(out: Path, backbone: str) -> Path | None:
     """The newest CV folder of ``backbone`` under ``out`` that did not complete."""
-    for folder in sorted(Path(out).glob(f"*-cv-{backbone}*"), reverse=True):
-        cv = folder / CV_FILE
-        if cv.is_file() and read_json(cv).get("status") != "completed":
-            return folder
-    return None
+    return runs.latest_folder(out, "cv", f"cv-{backbone}",
+                              lambda folder: read_json(folder / runs.CV).get("status") != "completed")
+
+
+def main(args) -> int:
+    from backbones import get_spec
+
+    flags = run_flags(args)
+    resume = None
+    if args.resume == "latest":
+        out = Path(args.out or RunConfig.out)
+        resume = latest_unfinished(out, get_spec(args.backbone or RunConfig.backbone).name)
+        if resume is None:
+            raise SuiteError(f"no unfinished cross-validation to resume under {out}")
+    elif args.resume:
+        resume = Path(args.resume)
+    with training_output():
+        folder = cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=log)
+    print(folder)
+    return 0

@@ -1,0 +1,314 @@
+"""The run report (also an evaluation's): one run folder -> load_run -> run_context -> render_run -> report.html.
+
+``load_run`` reads the folder's files, ``run_context`` turns them into a flat dict of plain
+values and embedded images, ``render_run`` fills ``run.html.j2`` and ``write_run_report``
+writes the page into the folder. Only reads the folder: never imports Keras or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Mapping, Sequence
+
+from reports import plots
+from reports.toolkit import (
+    DASH,
+    as_dict,
+    as_list,
+    banner,
+    class_count_table,
+    figure_uri,
+    fmt3,
+    fmt_int,
+    fmt_metric,
+    fmt_pct,
+    fmt_seconds,
+    fmt_value,
+    input_banners,
+    key_value_rows,
+    read_csv,
+    read_json,
+    render,
+    synthetic_banner,
+    thumbnail_uri,
+    to_float,
+    write_html,
+)
+from suite import runs
+
+MAX_MISCLASSIFIED = 24
+THUMBNAIL_SIZE = 96
+HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+TIMING_NAMES = {"data_s": "data", "train_s": "training", "eval_s": "evaluation"}
+
+
+# ----------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------
+
+
+def _history_rows(rows: list[dict[str, str]]) -> list[dict[str, float | None]]:
+    """Numeric history rows (known columns only)."""
+    return [{key: to_float(row.get(key)) for key in HISTORY_COLUMNS if key in row} for row in rows]
+
+
+def _prediction_rows(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Prediction rows with the ``p_<label>`` columns gathered into a ``probs`` dict."""
+    return [{
+        "path": row.get("path") or "",
+        "true": row.get("true") or "",
+        "predicted": row.get("predicted") or "",
+        "probs": {key[2:]: to_float(value) for key, value in row.items() if key and key.startswith("p_")},
+    } for row in rows]
+
+
+def load_run(run_dir) -> dict:
+    """Read a run or evaluation folder.
+
+    Args:
+        run_dir: a folder holding a manifest and, optionally, metrics, history and predictions.
+
+    Returns:
+        ``{"run_dir", "manifest", "metrics", "history", "predictions", "problems"}``
+        where ``metrics`` is ``None`` when absent, ``history`` and ``predictions`` are
+        lists (empty when absent) and ``problems`` lists files that could not be read.
+
+    Raises:
+        FileNotFoundError: if ``run_dir`` has no readable manifest.
+    """
+    run_dir = pathlib.Path(run_dir)
+    problems: list[str] = []
+    manifest = read_json(run_dir / runs.MANIFEST, problems)
+    if manifest is None:
+        detail = "; ".join(problems) or f"{runs.MANIFEST} is missing"
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {detail}")
+    return {
+        "run_dir": str(run_dir),
+        "manifest": manifest,
+        "metrics": read_json(run_dir / runs.METRICS, problems),
+        "history": _history_rows(read_csv(run_dir / runs.HISTORY, problems)),
+        "predictions": _prediction_rows(read_csv(run_dir / runs.PREDICTIONS, problems)),
+        "problems": problems,
+    }
+
+
+# ----------------------------------------------------------------------------------
+# Context pieces
+# ----------------------------------------------------------------------------------
+
+
+def _banners(manifest: Mapping, dataset: Mapping, weights: Mapping, problems: Sequence[str]) -> list[dict]:
+    """Notices for the top of the report, most serious first."""
+    banners = []
+    if manifest.get("status") == "failed" or manifest.get("error"):
+        title = "Run failed" if manifest.get("status") == "failed" else "Error"
+        banners.append(banner("error", title, manifest.get("error") or "no error message recorded"))
+    if dataset.get("synthetic"):
+        banners.append(synthetic_banner("This run used synthetic phantom data, not real MRI: its numbers say "
+                                        "nothing about performance on real scans.", dataset.get("description")))
+    if weights.get("warning"):
+        banners.append(banner("warning", "Weights", weights["warning"]))
+    banners += [banner("warning", "Warning", text) for text in as_list(manifest.get("warnings"))]
+    return banners + input_banners(problems)
+
+
+def _labels(manifest: Mapping, metrics: Mapping | None) -> list[str]:
+    """Class labels, from the metrics first (their matrix order), else the dataset."""
+    labels = as_list((metrics or {}).get("labels")) or as_list(as_dict(manifest.get("dataset")).get("labels"))
+    return [str(label) for label in labels]
+
+
+def _timing_rows(timings: Mapping) -> list[dict]:
+    """Rows of the timing table, plus a total when more than one phase is known."""
+    rows, total = [], 0.0
+    for key, value in timings.items():
+        number = to_float(value)
+        rows.append({"key": TIMING_NAMES.get(key, key), "value": fmt_seconds(number)})
+        total += number or 0.0
+    if len(rows) > 1:
+        rows.append({"key": "total", "value": fmt_seconds(total)})
+    return rows
+
+
+def per_class_rows(per_class: Mapping, labels: Sequence[str]) -> list[dict]:
+    """Formatted precision/recall/F1/support rows in label order (labels only in ``per_class`` last)."""
+    order = list(labels) + [k for k in per_class if k not in labels]
+    rows = []
+    for label in order:
+        stats = as_dict(per_class.get(label))
+        if stats:
+            rows.append({"label": label, "precision": fmt3(stats.get("precision")),
+                         "recall": fmt3(stats.get("recall")), "f1": fmt3(stats.get("f1")),
+                         "support": fmt_int(stats.get("support"))})
+    return rows
+
+
+def _wrong_confidence(row: Mapping) -> float:
+    """Probability the model gave its (wrong) prediction; -1 when unknown."""
+    value = row["probs"].get(row["predicted"])
+    return -1.0 if value is None else value
+
+
+def misclassified(predictions: Sequence[Mapping], limit: int = MAX_MISCLASSIFIED) -> list[Mapping]:
+    """Wrong predictions, most confident first, at most ``limit``.
+
+    Args:
+        predictions: rows from :func:`load_run` (``path, true, predicted, probs``).
+        limit: how many to keep. Defaults to 24.
+
+    Returns:
+        The selected rows (unchanged objects), by descending confidence.
+    """
+    wrong = [row for row in predictions if row["true"] != row["predicted"]]
+    return sorted(wrong, key=_wrong_confidence, reverse=True)[:limit]
+
+
+def _thumbnail_item(row: Mapping, labels: Sequence[str]) -> dict:
+    """Template values for one misclassified image (its thumbnail read from disk)."""
+    order = list(labels) + [k for k in row["probs"] if k not in labels]
+    return {
+        "name": pathlib.PurePath(row["path"]).name or row["path"],
+        "path": row["path"],
+        "true": row["true"],
+        "predicted": row["predicted"],
+        "confidence": fmt3(row["probs"].get(row["predicted"])),
+        "thumb": thumbnail_uri(row["path"], THUMBNAIL_SIZE) if row["path"] else None,
+        "probs": [{"label": label, "value": fmt3(row["probs"].get(label)),
+                   "is_true": label == row["true"], "is_pred": label == row["predicted"]}
+                  for label in order if label in row["probs"]],
+    }
+
+
+def _skipped_rows(skipped: Sequence) -> list[dict]:
+    """``[{"path", "reason"}]`` for the files the data loader skipped."""
+    items = [item if isinstance(item, dict) else {"path": item} for item in skipped]
+    return [{"path": str(item.get("path") or ""), "reason": str(item.get("reason") or "")} for item in items]
+
+
+def leakage_rows(metrics: Mapping) -> dict | None:
+    """Full versus leak-free test figures, side by side, when the run looked for duplicates."""
+    leak = metrics.get("leak_free")
+    if not isinstance(leak, Mapping):
+        return None
+    rows = [{"name": "test images", "full": fmt_int(metrics.get("n_test")), "leak_free": fmt_int(leak.get("n_test"))}]
+    if leak.get("n_test"):
+        rows += [{"name": name, "full": fmt_metric(metrics, key), "leak_free": fmt_metric(leak, key)}
+                 for key, name in (("accuracy", "accuracy [95% CI]"), ("macro_f1", "macro F1 [95% CI]"))]
+    return {"rows": rows, "n_excluded": fmt_int(leak.get("n_excluded")), "definition": str(leak.get("definition", ""))}
+
+
+def _metrics_context(metrics: Mapping | None, labels: Sequence[str], problems: list[str]) -> dict:
+    """Headline numbers, per-class table and confusion matrix (empty when there are no metrics)."""
+    if metrics is None:
+        return {"has_metrics": False, "accuracy": DASH, "accuracy_pct": DASH, "macro_f1": DASH,
+                "n_test": DASH, "per_class": [], "confusion_matrix_uri": None, "leakage": None}
+    matrix = metrics.get("confusion_matrix")
+    return {
+        "has_metrics": True,
+        "leakage": leakage_rows(metrics),
+        "accuracy": fmt3(metrics.get("accuracy")),
+        "accuracy_pct": fmt_pct(metrics.get("accuracy")),
+        "macro_f1": fmt3(metrics.get("macro_f1")),
+        "n_test": fmt_int(metrics.get("n_test")),
+        "per_class": per_class_rows(as_dict(metrics.get("per_class")), labels),
+        "confusion_matrix_uri": figure_uri(plots.confusion_matrix_png, problems, "confusion matrix",
+                                           matrix, labels, True) if matrix else None,
+    }
+
+
+def _dataset_context(manifest: Mapping, dataset: Mapping, labels: Sequence[str]) -> dict:
+    """What the run was trained and tested on."""
+    return {
+        "dataset_root": str(dataset.get("root") or DASH),
+        "dataset_name": str(dataset.get("name") or DASH),
+        "dataset_layout": str(dataset.get("layout") or DASH),
+        "dataset_description": str(dataset.get("description") or ""),
+        "synthetic": bool(dataset.get("synthetic")),
+        "labels": list(labels),
+        "class_counts": class_count_table(as_dict(manifest.get("class_counts")), labels,
+                                          as_dict(dataset.get("class_folders"))),
+    }
+
+
+def _provenance_context(manifest: Mapping, weights: Mapping) -> dict:
+    """Weights, settings, timings, environment and fingerprints."""
+    return {
+        "weights_requested": fmt_value(weights.get("requested")),
+        "weights_source": fmt_value(weights.get("source")),
+        "weights_warning": str(weights.get("warning") or ""),
+        "config_rows": key_value_rows(as_dict(manifest.get("config"))),
+        "timing_rows": _timing_rows(as_dict(manifest.get("timings"))),
+        "backend": fmt_value(manifest.get("backend")),
+        "device": fmt_value(manifest.get("device")),
+        "seed": fmt_value(manifest.get("seed")),
+        "params": fmt_int(manifest.get("params")),
+        "data_fingerprint": fmt_value(manifest.get("data_fingerprint")),
+        "split_fingerprint": fmt_value(manifest.get("split_fingerprint")),
+        "cache_hit": fmt_value(manifest.get("cache_hit")),
+        "package_rows": key_value_rows(dict(sorted(as_dict(manifest.get("package_versions")).items()))),
+    }
+
+
+def _predictions_context(predictions: Sequence[Mapping], labels: Sequence[str]) -> dict:
+    """The misclassified test images, most confident first."""
+    wrong = [row for row in predictions if row["true"] != row["predicted"]]
+    return {"n_predictions": len(predictions), "n_misclassified": len(wrong),
+            "misclassified": [_thumbnail_item(row, labels) for row in misclassified(wrong)]}
+
+
+def run_context(run: dict) -> dict:
+    """Build the flat template context for one run.
+
+    Args:
+        run: the dict :func:`load_run` returns.
+
+    Returns:
+        A dict of strings, numbers, booleans, lists and dicts (images as
+        ``data:image/png;base64,...`` strings), ready for :func:`render_run`.
+    """
+    manifest = as_dict(run.get("manifest"))
+    metrics = run.get("metrics") if isinstance(run.get("metrics"), dict) else None
+    dataset, weights = as_dict(manifest.get("dataset")), as_dict(manifest.get("weights"))
+    problems = list(run.get("problems") or [])
+    labels = _labels(manifest, metrics)
+    if metrics is None and manifest.get("status") == "completed":
+        problems.append(f"{runs.METRICS} is missing although the run completed")
+    context = {
+        "run_id": fmt_value(manifest.get("run_id") or pathlib.PurePath(run.get("run_dir", "")).name),
+        "run_dir": str(run.get("run_dir") or ""),
+        "status": str(manifest.get("status") or "unknown"),
+        "backbone": fmt_value(manifest.get("backbone") or as_dict(manifest.get("config")).get("backbone")),
+        "created": fmt_value(manifest.get("created")),
+        "error": str(manifest.get("error") or ""),
+        "skipped": _skipped_rows(as_list(manifest.get("skipped"))),
+    }
+    context.update(_dataset_context(manifest, dataset, labels))
+    context.update(_provenance_context(manifest, weights))
+    context.update(_metrics_context(metrics, labels, problems))
+    context.update(_predictions_context(run.get("predictions") or [], labels))
+    context["curves_uri"] = figure_uri(plots.training_curves_png, problems, "training curves", run.get("history") or [])
+    context["banners"] = _banners(manifest, dataset, weights, problems)
+    return context
+
+
+# ----------------------------------------------------------------------------------
+# Rendering and writing
+# ----------------------------------------------------------------------------------
+
+
+def render_run(context: dict) -> str:
+    """The complete run report, as HTML text, from :func:`run_context`'s dict."""
+    return render("run.html.j2", context)
+
+
+def write_run_report(run_dir) -> pathlib.Path:
+    """Load a run or evaluation folder, render its report and write it into the folder.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        The path of the written report (``runs.REPORT`` in the folder).
+    """
+    run_dir = pathlib.Path(run_dir)
+    return write_html(run_dir / runs.REPORT, render_run(run_context(load_run(run_dir))))

@@ -1,0 +1,30 @@
+"""The subcommands: one module each, whose ``main(args) -> int`` wires engine steps together.
+
+``suite.cli`` parses the command line and calls ``suite.commands.<name>.main``; the modules
+here hold no argument parsing and no engine code of their own beyond the flow of their command.
+Each prints its result (a folder, a JSON document) on stdout and everything else on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+from suite.config import USER_FIELDS
+
+
+def log(message: str) -> None:
+    """One status line on stderr (stdout carries only the command's result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def training_output():
+    """Send what Keras prints while training (epoch lines, learning-rate changes) to stderr,
+    so that stdout carries only the command's result (a folder, a JSON object)."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def run_flags(args: Any) -> dict:
+    """The ``RunConfig`` settings a command line gave (``None``: not given, resolved later)."""
+    return {name: getattr(args, name, None) for name in USER_FIELDS}
