@@ -1,4 +1,4 @@
-"""The dataset audit report: an audit folder -> load_audit -> audit_context -> render_audit -> audit.html.
+"""The dataset audit report: audit folder -> load_audit -> audit_context -> render_audit -> write_audit_report.
 
 ``audit_context`` turns the dict :func:`suite.data.audit.audit` returns (or the audit
 record, ``runs.AUDIT``, read back) into a flat context of plain values, thumbnails as
@@ -11,7 +11,7 @@ duplicates, label conflicts, file facts and example pairs; never imports Keras o
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 from reports.toolkit import (
     DASH,
@@ -57,13 +57,13 @@ def _example_sections(examples: Mapping, root: pathlib.Path) -> list[dict]:
     cache: dict = {}
     sections = []
     for key, (title, text) in _CATEGORY_TEXT.items():
-        block = _as_dict(examples.get(key))
+        block = as_dict(examples.get(key))
         pairs = []
-        for item in _as_list(block.get("shown")):
+        for item in as_list(block.get("shown")):
             score = item.get("score")
             pairs.append({
-                "a": _side(_as_dict(item.get("a")), root, cache),
-                "b": _side(_as_dict(item.get("b")), root, cache),
+                "a": _side(as_dict(item.get("a")), root, cache),
+                "b": _side(as_dict(item.get("b")), root, cache),
                 "kind": str(item.get("kind") or ""),
                 "distance": fmt_value(item.get("distance")),
                 "score": DASH if score is None else f"{float(score):.3f}",
@@ -79,7 +79,7 @@ def _histograms(headers: Mapping) -> list[dict]:
               "mode": "Pillow mode", "format": "File format"}
     out = []
     for key, title in titles.items():
-        rows = _as_list(headers.get(key))
+        rows = as_list(headers.get(key))
         total = sum(int(r.get("count", 0)) for r in rows) or 1
         out.append({"title": title, "rows": [
             {"value": str(r.get("value")), "count": fmt_int(r.get("count")),
@@ -91,8 +91,8 @@ def _histograms(headers: Mapping) -> list[dict]:
 def _duplicate_rows(result: Mapping, splits: list[str]) -> list[dict]:
     rows = []
     for key, name in (("exact", "exact (same bytes)"), ("near", "near (pixel-confirmed)")):
-        block = _as_dict(result.get(key))
-        within = _as_dict(block.get("pairs_within"))
+        block = as_dict(result.get(key))
+        within = as_dict(block.get("pairs_within"))
         rows.append({"kind": name, "within": [fmt_int(within.get(s, 0)) for s in splits],
                      "cross": fmt_int(block.get("pairs_cross")), "pairs": fmt_int(block.get("pairs")),
                      "groups": fmt_int(block.get("groups")), "files": fmt_int(block.get("files")),
@@ -101,13 +101,13 @@ def _duplicate_rows(result: Mapping, splits: list[str]) -> list[dict]:
 
 
 def _headline(result: Mapping) -> list[dict]:
-    leak = _as_dict(result.get("leakage"))
+    leak = as_dict(result.get("leakage"))
     n_test = leak.get("test_images", 0)
     applicable = bool(leak.get("applicable"))
-    near = _as_dict(result.get("near"))
-    exact = _as_dict(result.get("exact"))
-    within_exact = sum(int(v) for v in _as_dict(exact.get("pairs_within")).values())
-    within_near = sum(int(v) for v in _as_dict(near.get("pairs_within")).values())
+    near = as_dict(result.get("near"))
+    exact = as_dict(result.get("exact"))
+    within_exact = sum(int(v) for v in as_dict(exact.get("pairs_within")).values())
+    within_near = sum(int(v) for v in as_dict(near.get("pairs_within")).values())
     items = []
     for key, label in (("cross_split_exact", "test images with a byte-identical training twin"),
                        ("cross_split_near", "test images with an exact or near training twin"),
@@ -125,8 +125,8 @@ def _headline(result: Mapping) -> list[dict]:
 
 
 def _banners(result: Mapping) -> list[dict]:
-    dataset = _as_dict(result.get("dataset"))
-    leak = _as_dict(result.get("leakage"))
+    dataset = as_dict(result.get("dataset"))
+    leak = as_dict(result.get("leakage"))
     banners = []
     if dataset.get("synthetic"):
         banners.append(synthetic_banner("This dataset is synthetic: its duplicates say nothing about real scans.",
@@ -139,37 +139,19 @@ def _banners(result: Mapping) -> list[dict]:
             "accuracy on the official test split is inflated."))
     if result.get("label_conflicts"):
         banners.append(banner("warning", "Label conflicts",
-                               f"{fmt_int(result.get('label_conflicts'))} groups of the same image carry "
-                               "more than one label."))
-    skipped = _as_list(result.get("skipped"))
+                              f"{fmt_int(result.get('label_conflicts'))} groups of the same image carry "
+                              "more than one label."))
+    skipped = as_list(result.get("skipped"))
     if skipped:
         banners.append(banner("warning", "Skipped files",
-                               f"{len(skipped)} files could not be decoded as images; see the list below."))
+                              f"{len(skipped)} files could not be decoded as images; see the list below."))
     return banners
 
 
-def audit_context(result: Mapping) -> dict:
-    """Build the flat template context of an audit.
-
-    Args:
-        result: the dict :func:`suite.data.audit.audit` returns (or ``audit.json`` read back).
-
-    Returns:
-        A dict of strings, numbers, booleans, lists and dicts for ``audit.html.j2``.
-    """
-    dataset = _as_dict(result.get("dataset"))
-    root = pathlib.Path(str(dataset.get("root") or "."))
-    labels = [str(label) for label in _as_list(dataset.get("labels"))]
-    counts = _as_dict(result.get("counts"))
-    table = class_count_table(_as_dict(counts.get("images_by_split_class")), labels,
-                              _as_dict(dataset.get("class_folders")))
-    leak = _as_dict(result.get("leakage"))
-    settings = _as_dict(result.get("settings"))
+def _leakage_context(result: Mapping) -> dict:
+    """The headline figures and the leakage section."""
+    leak = as_dict(result.get("leakage"))
     return {
-        "dataset_name": str(dataset.get("name") or ""),
-        "dataset_root": str(dataset.get("root") or ""),
-        "layout": str(dataset.get("layout") or ""),
-        "created": str(result.get("created") or ""),
         "banners": _banners(result),
         "headline": _headline(result),
         "leakage_applicable": bool(leak.get("applicable")),
@@ -177,24 +159,55 @@ def audit_context(result: Mapping) -> dict:
         "by_class": [{"label": str(label), "test": fmt_int(v.get("test")),
                       "exact": fmt_int(v.get("exact")), "exact_pct": fmt_share(v.get("exact"), v.get("test")),
                       "near": fmt_int(v.get("near")), "near_pct": fmt_share(v.get("near"), v.get("test"))}
-                     for label, v in _as_dict(result.get("cross_split_by_class")).items()],
+                     for label, v in as_dict(result.get("cross_split_by_class")).items()],
+    }
+
+
+def _contents_context(result: Mapping, dataset: Mapping) -> dict:
+    """What the dataset holds: counts per split and class, duplicates, file facts, skipped files."""
+    counts = as_dict(result.get("counts"))
+    labels = [str(label) for label in as_list(dataset.get("labels"))]
+    table = class_count_table(as_dict(counts.get("images_by_split_class")), labels,
+                              as_dict(dataset.get("class_folders")))
+    return {
         "n_files": fmt_int(counts.get("files")),
         "n_images": fmt_int(counts.get("images")),
         "class_counts": table,
         "dup_splits": table["splits"],
         "dup_rows": _duplicate_rows(result, table["splits"]),
-        "near_candidates": fmt_int(_as_dict(result.get("near")).get("candidates")),
-        "clusters": {k: fmt_int(v) for k, v in _as_dict(result.get("clusters")).items()},
-        "histograms": _histograms(_as_dict(result.get("headers"))),
+        "near_candidates": fmt_int(as_dict(result.get("near")).get("candidates")),
+        "clusters": {k: fmt_int(v) for k, v in as_dict(result.get("clusters")).items()},
+        "histograms": _histograms(as_dict(result.get("headers"))),
         "skipped": [{"path": str(s.get("path") or ""), "split": str(s.get("split") or ""),
                      "label": str(s.get("label") or ""), "reason": str(s.get("reason") or "")}
-                    for s in _as_list(result.get("skipped"))],
-        "sections": _example_sections(_as_dict(result.get("examples")), root),
-        "settings": [{"key": str(k), "value": fmt_value(v)} for k, v in settings.items()],
+                    for s in map(as_dict, as_list(result.get("skipped")))],
+    }
+
+
+def audit_context(result: Mapping) -> dict:
+    """Build the flat template context of an audit.
+
+    Args:
+        result: the dict :func:`suite.data.audit.audit` returns (or the audit record read back).
+
+    Returns:
+        A dict of strings, numbers, booleans, lists and dicts for ``audit.html.j2``.
+    """
+    dataset = as_dict(result.get("dataset"))
+    context = {
+        "dataset_name": str(dataset.get("name") or ""),
+        "dataset_root": str(dataset.get("root") or ""),
+        "layout": str(dataset.get("layout") or ""),
+        "created": str(result.get("created") or ""),
+        "sections": _example_sections(as_dict(result.get("examples")), pathlib.Path(str(dataset.get("root") or "."))),
+        "settings": [{"key": str(k), "value": fmt_value(v)} for k, v in as_dict(result.get("settings")).items()],
         "timings": [{"key": str(k).removesuffix("_s"), "value": fmt_seconds(v)}
-                    for k, v in _as_dict(result.get("timings")).items()],
+                    for k, v in as_dict(result.get("timings")).items()],
         "cache_hit": fmt_value(result.get("cache_hit")),
     }
+    context.update(_leakage_context(result))
+    context.update(_contents_context(result, dataset))
+    return context
 
 
 def load_audit(folder) -> dict:

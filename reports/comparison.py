@@ -1,9 +1,9 @@
-"""The comparison report: a comparison folder -> load_comparison -> comparison_context -> render_comparison -> report.html.
+"""The comparison report: comparison folder -> load_comparison -> comparison_context -> render_comparison -> write.
 
 ``load_comparison`` reads the comparison's record, its leaderboard, its Grad-CAM maps and
 the run folders it points to; ``comparison_context`` builds a flat dict of plain values
 and embedded figures (the leaderboard in the one schema of :mod:`suite.metrics`);
-``render_comparison`` fills ``compare.html.j2`` and ``write_comparison_report`` writes the
+``render_comparison`` fills ``comparison.html.j2`` and ``write_comparison_report`` writes the
 page into the folder. Only reads folders: never imports Keras or TensorFlow.
 """
 
@@ -14,7 +14,7 @@ import math
 import os
 import pathlib
 import zipfile
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from reports import plots
 from reports.run import load_run, write_run_report
@@ -85,7 +85,7 @@ def run_entries(comparison: Mapping) -> list[dict]:
 
 
 def _load_member(comp_dir: pathlib.Path, entry: Mapping, problems: list[str]) -> dict | None:
-    """The :func:`~reports.run.load_run` dict of one member run (its folder is relative to ``comp_dir``), or ``None``."""
+    """The :func:`~reports.run.load_run` dict of one member run (its folder relative to ``comp_dir``), or ``None``."""
     if not entry["run_dir"]:
         return None
     try:
@@ -589,7 +589,7 @@ def comparison_context(comp: dict) -> dict:
 
 def render_comparison(context: dict) -> str:
     """The complete comparison report, as HTML text, from :func:`comparison_context`'s dict."""
-    return render("compare.html.j2", context)
+    return render("comparison.html.j2", context)
 
 
 def _write_missing_run_reports(comp: dict) -> None:

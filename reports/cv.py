@@ -1,4 +1,4 @@
-"""The cross-validation report: a CV folder -> load_cv -> cv_context -> render_cv -> report.html.
+"""The cross-validation report: CV folder -> load_cv -> cv_context -> render_cv -> write_cv_report.
 
 Everything comes from the CV record (``runs.CV``): per-fold figures, their mean, spread
 and interval across folds, and the official test split's. Each fold is a run folder
@@ -8,7 +8,8 @@ with its own report; this page links to them. Never imports Keras or TensorFlow.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from reports.toolkit import (
     as_dict,

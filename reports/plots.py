@@ -1,7 +1,7 @@
-"""Drawing for the reports: each function returns PNG (or JPEG) bytes; the report modules embed them.
+"""Drawing for the context step of every report: plain numbers in, PNG (or JPEG) bytes out.
 
-Sits between a report's context step and its template: a context builder passes plain
-numbers in and gets image bytes back, which :func:`reports.toolkit.data_uri` embeds.
+A context builder calls these and embeds the bytes with :func:`reports.toolkit.data_uri`
+(or :func:`~reports.toolkit.figure_uri`, which also turns :class:`NothingToPlot` into no figure).
 Matplotlib is imported lazily inside the functions and driven through
 ``matplotlib.figure.Figure`` plus ``FigureCanvasAgg`` directly, so nothing here touches
 pyplot's global state or the user's selected backend. Thumbnails use Pillow only.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -206,7 +206,7 @@ def training_curves_png(history_rows: Sequence[Mapping]) -> bytes:
     """Training curves: accuracy and loss (train vs validation), plus learning rate.
 
     Args:
-        history_rows: one mapping per epoch, as read from ``history.csv``; missing or
+        history_rows: one mapping per epoch, as read from a run's history; missing or
             blank columns are skipped.
 
     Returns:
@@ -495,7 +495,7 @@ def overlaid_curves_png(series: Sequence[Mapping]) -> bytes:
 
     Args:
         series: one mapping per backbone with ``name``, ``history`` (rows as read from
-            ``history.csv``) and optional ``colour``.
+            a run's history) and optional ``colour``.
 
     Returns:
         PNG bytes with a panel for each of validation accuracy and loss that has data.

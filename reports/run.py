@@ -1,4 +1,4 @@
-"""The run report (also an evaluation's): one run folder -> load_run -> run_context -> render_run -> report.html.
+"""The run report (an evaluation's too): run folder -> load_run -> run_context -> render_run -> write_run_report.
 
 ``load_run`` reads the folder's files, ``run_context`` turns them into a flat dict of plain
 values and embedded images, ``render_run`` fills ``run.html.j2`` and ``write_run_report``
@@ -8,7 +8,8 @@ writes the page into the folder. Only reads the folder: never imports Keras or T
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from reports import plots
 from reports.toolkit import (

@@ -21,7 +21,8 @@ import json
 import math
 import pathlib
 import urllib.parse
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from reports import plots
 from suite.io import write_text_atomic
@@ -171,7 +172,7 @@ def href(relative: str | pathlib.PurePath) -> str:
 
 
 def banner(kind: str, title: str, text: Any, detail: Any = "") -> dict:
-    """One notice for the top of a page; ``kind`` (``"error"``, ``"synthetic"``, ``"warning"``, ``"note"``) is its style."""
+    """A notice for the top of a page; ``kind`` is ``"error"``, ``"synthetic"``, ``"warning"`` or ``"note"``."""
     return {"kind": kind, "title": title, "text": str(text), "detail": str(detail or "")}
 
 
@@ -270,7 +271,7 @@ def thumbnail_uri(path, size: int, *, jpeg: bool = False) -> str | None:
 
 
 def figure_uri(draw: Callable[..., bytes], problems: list[str], what: str, *args) -> str | None:
-    """``draw(*args)`` as a ``data:`` URI; ``None`` when there is nothing to plot, or a note in ``problems`` when it fails."""
+    """``draw(*args)`` as a ``data:`` URI; ``None`` if there is nothing to plot or (noted in ``problems``) it fails."""
     try:
         return data_uri(draw(*args))
     except plots.NothingToPlot:
@@ -285,7 +286,7 @@ def figure_uri(draw: Callable[..., bytes], problems: list[str], what: str, *args
 # ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def environment():
     """The Jinja environment: templates from ``reports/templates``, autoescape always on, undefined names an error."""
     import jinja2

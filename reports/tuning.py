@@ -1,4 +1,4 @@
-"""The tuning report: a tuning folder -> load_tuning -> tuning_context -> render_tuning -> report.html.
+"""The tuning report: tuning folder -> load_tuning -> tuning_context -> render_tuning -> write_tuning_report.
 
 A tuning folder is made when a search starts (``runs.SEARCH`` records what it searches);
 the final record (``runs.TUNING``: trials, the best settings, their retrained test result)
@@ -9,7 +9,8 @@ the trials finished so far, read from each trial's own file. Never imports Keras
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from reports.toolkit import (
     DASH,

@@ -335,14 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that start a Keras backend.
+BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter (oneDNN, absl)
+    chatter_wanted = "TF_CPP_MIN_LOG_LEVEL" in os.environ  # a user who sets it sees what it lets through
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "cpu_devices", None) or getattr(args, "strategy", None):
-            from suite.runtime import configure_process
+        if args.command in BACKEND_COMMANDS:
+            from suite.runtime import start_backend
 
-            configure_process(args.cpu_devices, args.strategy)  # before the backend starts
+            # before the backend's first operation; TensorFlow's C++ start-up lines stay off the terminal
+            start_backend(getattr(args, "cpu_devices", None), getattr(args, "strategy", None),
+                          quiet=not chatter_wanted)
         return importlib.import_module(args.module).main(args)
     except SuiteError as exc:
         if args.debug or os.environ.get("SUITE_DEBUG"):

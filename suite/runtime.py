@@ -14,6 +14,9 @@ import importlib.util
 import json
 import os
 import platform
+import re
+import sys
+import tempfile
 from collections.abc import Iterator
 
 from suite.config import STRATEGY_CHOICES as STRATEGIES
@@ -80,6 +83,40 @@ def package_versions() -> dict[str, str]:
 
 
 # -- configuring the process -----------------------------------------------------------------------
+
+# What TensorFlow's C++ side prints while it loads, before any logging setting applies
+# (absl's notice, oneDNN's and the CPU-feature guard's info lines).
+_STARTUP_CHATTER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|"
+                              r"[IW]\d{4} .*\b(port|cpu_feature_guard)\.cc:\d+\]|"
+                              r"To enable the following instructions:)")
+
+
+def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *, quiet: bool = True) -> dict:
+    """Configure the process (:func:`configure_process`) and import Keras and its backend.
+
+    With ``quiet``, the backend's C++ start-up lines are kept off the terminal: file
+    descriptor 2 is read while the backend loads and every other line is passed on.
+    """
+    if not quiet or "keras" in sys.modules:
+        settings = configure_process(cpu_devices, strategy)
+        import keras  # noqa: F401
+
+        return settings
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            settings = configure_process(cpu_devices, strategy)
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if not _STARTUP_CHATTER.match(line):
+                    print(line, file=sys.stderr)
+    return settings
 
 
 def usable_cores() -> int:

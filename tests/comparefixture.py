@@ -10,6 +10,10 @@
   folder that is not ours and a stray file, for the index.
 
 The test images (small synthetic slices, real PNGs) live in ``root/data``.
+
+``build_every_kind(root)`` adds a folder of every other kind from hand-written records (as
+the suite writes them, without training): a cross-validation, a finished search, a search
+still running and a dataset audit.
 """
 
 from __future__ import annotations
@@ -200,7 +204,7 @@ def write_run(out: Path, backbone: str, images, *, failed: bool = False) -> Path
 
 def _leaderboard(runs: dict[str, Path]) -> list[dict]:
     rows = []
-    for backbone, (folder, _, accuracy, ci, latency, tier) in BACKBONES.items():
+    for backbone, (_, _, accuracy, ci, latency, tier) in BACKBONES.items():
         metrics = json.loads((runs[backbone] / "metrics.json").read_text(encoding="utf-8"))
         row = {"backbone": backbone, "status": "completed", "tier": tier, "accuracy": accuracy,
                "accuracy_ci_low": ci[0], "accuracy_ci_high": ci[1], "macro_f1": metrics["macro_f1"],
@@ -275,7 +279,8 @@ def write_comparison(out: Path, runs: dict[str, Path], images) -> Path:
         "dataset": {"root": "/data/brain mri", "name": "phantom-4", "synthetic": True,
                     "description": "Synthetic ellipse phantoms with a bright blob per tumour class",
                     "layout": "split", "labels": LABELS},
-        "split_fingerprint": SPLIT, "split_fingerprints": {b: SPLIT for b in BACKBONES}, "labels": LABELS, "runs": entries, "pairwise": _pairwise(),
+        "split_fingerprint": SPLIT, "split_fingerprints": {b: SPLIT for b in BACKBONES}, "labels": LABELS,
+        "runs": entries, "pairwise": _pairwise(),
         "p_matrix": _p_matrix(), "tiers": {b: v[5] for b, v in BACKBONES.items()},
         "gradcam": write_gradcam(comp_dir, images),
     }
@@ -316,3 +321,165 @@ def build_comparison(root: Path) -> dict:
     runs[FAILED[0]] = write_run(out, FAILED[0], images, failed=True)
     comp_dir = write_comparison(out, runs, images)
     return {"out": out, "comp": comp_dir, "runs": runs, "images": images, **write_clutter(out, images)}
+
+
+# ----------------------------------------------------------------------------------
+# The other folder kinds: cross-validation, tuning (finished and running), audit
+# ----------------------------------------------------------------------------------
+# Hand-written records with the fields suite.commands.cv, suite.commands.tune and
+# suite.data.audit write, so every report and index entry can be checked without training.
+
+CV_DIR = "20261127-181000-cv-efficientnetb0"
+TUNE_DIR = "20261127-182000-tune-mobilenetv2"
+SEARCH_DIR = "20261127-183000-tune-efficientnetb0"
+AUDIT_DIR = "20261127-160000-audit-phantom-4"
+DATASET = {"root": "/data/brain mri", "name": "phantom-4", "synthetic": True,
+           "description": "Synthetic ellipse phantoms with a bright blob per tumour class", "layout": "split",
+           "labels": LABELS, "class_folders": {label: [label] for label in LABELS}}
+
+
+def _write_json(path: Path, record) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return path
+
+
+def _fold_figures(metrics: dict) -> dict:
+    """What suite.commands.cv.fold_figures keeps of a fold's metrics."""
+    out = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    for label, m in metrics["per_class"].items():
+        out[f"recall_{label}"] = m["recall"]
+        out[f"f1_{label}"] = m["f1"]
+    return out
+
+
+def _summary(folds: list[dict], key: str) -> dict:
+    """Mean, std and a (made-up but well-formed) interval per figure, as suite.commands.cv.aggregate writes."""
+    names = list(folds[0][key])
+    mean = {n: sum(f[key][n] for f in folds) / len(folds) for n in names}
+    std = {n: 0.02 for n in names}
+    return {"mean": mean, "std": std, "ci": {n: [mean[n] - 0.05, mean[n] + 0.05] for n in names}}
+
+
+def write_cv(out: Path) -> Path:
+    """A completed two-fold CV folder: ``cv.json`` and one run folder per fold (with official test metrics)."""
+    cv_dir = out / CV_DIR
+    folds = []
+    for k, accuracy in ((1, 0.9), (2, 0.95)):
+        fold_dir = cv_dir / f"fold-{k}"
+        metrics = metrics_for(accuracy, _ci(accuracy), 7.8, 0.8)
+        _write_json(fold_dir / "manifest.json", manifest_for("efficientnetb0", fold_dir.name, f"2026-11-27T18:1{k}:00"))
+        _write_json(fold_dir / "metrics.json", metrics)
+        _write_json(fold_dir / "official_test_metrics.json", metrics)
+        folds.append({"fold": k, "run_dir": fold_dir.name, "status": "completed", "error": None,
+                      "split_fingerprint": f"sha256:fold-{k}", "metrics": _fold_figures(metrics),
+                      "official_test": _fold_figures(metrics)})
+    cv = {"schema": 1, "kind": "cv", "cv_id": CV_DIR, "status": "completed", "created": "2026-11-27T18:10:00+01:00",
+          "config": {"backbone": "efficientnetb0", "epochs": 5, "image_size": 224, "seed": 42}, "dataset": DATASET,
+          "labels": LABELS, "folds": folds, "backbone": "efficientnetb0", "k": 2, "seed": 42,
+          "data_fingerprint": "sha256:data", "image_size": 224, "epochs": 5, "n_completed": 2,
+          **_summary(folds, "metrics"), "official_test": _summary(folds, "official_test")}
+    _write_json(cv_dir / "cv.json", cv)
+    return cv_dir
+
+
+def search_identity(backbone: str) -> dict:
+    """What ``search.json`` holds (suite.commands.tune.search_identity), less ``max_trials`` and ``updated``."""
+    return {"backbone": backbone, "tuner": "random", "objective": "val_accuracy", "cv": None, "fast_path": True,
+            "space": {"learning_rate": {"min": 0.0001, "max": 0.01, "sampling": "log"},
+                      "dropout": {"values": [0.2, 1.5]}, "batch_size": {"value": 8}},
+            "config": {"epochs": 2, "image_size": 224, "seed": 42}, "data_fingerprint": "sha256:data",
+            "split_fingerprint": SPLIT, "dataset": DATASET, "labels": LABELS}
+
+
+def _trial(trial_id: str, dropout: float, score: float | None) -> dict:
+    failed = score is None
+    return {"trial_id": trial_id, "hyperparameters": {"learning_rate": 0.001, "dropout": dropout, "batch_size": 8},
+            "score": score, "status": "FAILED" if failed else "COMPLETED",
+            "error": "ValueError: dropout must be in [0, 1), got 1.5" if failed else None,
+            "fold_scores": None if failed else [score], "seconds": 12.5, "rss_mb": 900.0, "tuner_id": "tuner0",
+            "params": 2_257_984}
+
+
+def write_tuning(out: Path) -> Path:
+    """A finished search: ``search.json``, ``tuning.json`` (three trials, one failed) and the retrained best run."""
+    folder = out / TUNE_DIR
+    identity = search_identity("mobilenetv2")
+    _write_json(folder / "search.json", {**identity, "max_trials": 3, "updated": "2026-11-27T18:20:00+01:00"})
+    trials = [_trial("00", 0.2, 0.8125), _trial("01", 1.5, None), _trial("02", 0.2, 0.875)]
+    metrics = metrics_for(0.9, (0.769, 0.96), 4.1, 0.5)
+    best_run = out / TUNE_DIR / "20261127-182500-mobilenetv2"
+    _write_json(best_run / "manifest.json", manifest_for("mobilenetv2", best_run.name, "2026-11-27T18:25:00+01:00"))
+    _write_json(best_run / "metrics.json", metrics)
+    tuning = {**identity, "schema": 1, "kind": "tuning", "tuning_id": TUNE_DIR, "created": "2026-11-27T18:20:00+01:00",
+              "role": "standalone", "notes": [], "search_stopped": None, "search_s": 40.2, "embeddings": None,
+              "trials": trials, "n_trials": 3, "max_trials": 3,
+              "best": {"trial_id": "02", "hyperparameters": trials[2]["hyperparameters"], "score": 0.875},
+              "best_run": {"run_dir": best_run.name, "source": "trial 02", "status": "completed", "error": None,
+                           "config": {"dropout": 0.2}},
+              "test_metrics": {k: metrics[k] for k in ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci",
+                                                       "labels", "n_test")},
+              "status": "completed", "finished": "2026-11-27T18:27:00+01:00"}
+    _write_json(folder / "tuning.json", tuning)
+    return folder
+
+
+def write_search(out: Path, *, started: bool = False) -> Path:
+    """A search still running: ``search.json`` and one finished trial's own file; with ``started``, also
+    the ``tuning.json`` a search writes when it starts (status ``running``, no trials)."""
+    folder = out / SEARCH_DIR
+    identity = search_identity("efficientnetb0")
+    _write_json(folder / "search.json", {**identity, "max_trials": 10, "updated": "2026-11-27T18:30:00+01:00"})
+    trial = {key: value for key, value in _trial("00", 0.2, 0.75).items() if key != "error"}
+    _write_json(folder / "keras_tuner" / "trial_00" / "suite_trial.json", trial)
+    if started:
+        _write_json(folder / "tuning.json", {**identity, "status": "running", "notes": [],
+                                             "created": "2026-11-27T18:30:00+01:00"})
+    return folder
+
+
+def audit_record(data_dir: Path, images) -> dict:
+    """An ``audit.json`` as suite.data.audit writes it: one test image with a byte-identical training twin."""
+    def file(i: int, split: str) -> dict:
+        path, c = images[i]
+        return {"path": path.relative_to(data_dir).as_posix(), "split": split, "label": LABELS[c]}
+
+    pair = {"a": file(0, "train"), "b": file(1, "test"), "kind": "exact", "distance": 0, "score": None}
+    by_split = {"train": {label: 1 for label in LABELS}, "test": {label: 1 for label in LABELS}}
+    pairs = {"pairs": 1, "pairs_within": {"train": 0, "test": 0}, "pairs_cross": 1, "groups": 1, "files": 2,
+             "redundant": 1}
+    examples = {name: {"total": 0, "shown": []} for name in ("cross_split_near", "within_split_exact",
+                                                              "within_split_near", "label_conflicts")}
+    return {
+        "dataset": {**DATASET, "root": str(data_dir)}, "created": "2026-11-27T16:00:00",
+        "settings": {"image_size": 64, "threshold": 10, "tol": 0.1}, "counts": {
+            "files": 8, "images": 8, "files_by_split_class": by_split, "images_by_split_class": by_split},
+        "headers": {"size": [{"value": "128\u00d7128", "count": 8}],
+                    "size_bucket": [{"value": "128-255 px", "count": 8}], "aspect": [{"value": "square", "count": 8}],
+                    "mode": [{"value": "L", "count": 8}], "format": [{"value": "PNG", "count": 8}]},
+        "skipped": [], "exact": pairs, "near": {"candidates": 3, **{key: 0 for key in pairs},
+                                                "pairs_within": {"train": 0, "test": 0}},
+        "clusters": {"count": 1, "files": 2, "largest": 2},
+        "cross_split_exact": 1, "cross_split_near": 1, "cross_split_cluster": 1,
+        "cross_split_by_class": {LABELS[0]: {"test": 1, "exact": 1, "near": 1}},
+        "leakage": {"applicable": True, "test_images": 4, "reference_splits": ["train", "val"],
+                    "note": "4 test images checked against the training images."},
+        "label_conflicts": 0, "label_conflict_images": 0,
+        "examples": {"cross_split_exact": {"total": 1, "shown": [pair]}, **examples},
+        "files": [], "cache_hit": False, "timings": {"discover_s": 0.1, "decode_s": 0.5},
+    }
+
+
+def write_audit(out: Path, data_dir: Path, images) -> Path:
+    """An audit folder holding only ``audit.json`` (its page is written by the report under test)."""
+    folder = out / AUDIT_DIR
+    _write_json(folder / "audit.json", audit_record(data_dir, images))
+    return folder
+
+
+def build_every_kind(root: Path) -> dict:
+    """:func:`build_comparison`'s output folder plus a CV, a finished search, a running search and an audit."""
+    paths = build_comparison(root)
+    out = paths["out"]
+    return {**paths, "cv": write_cv(out), "tuning": write_tuning(out), "search": write_search(out),
+            "audit": write_audit(out, root / "data", paths["images"])}

@@ -18,10 +18,25 @@ import numpy as np
 import pytest
 
 import reports
-from reports import compare, comparison_context, load_comparison, plots, write_any_report, write_comparison_report
-from reports import write_index
+from reports import (
+    comparison,
+    comparison_context,
+    load_comparison,
+    plots,
+    write_comparison_report,
+    write_index,
+    write_report,
+)
 from tests.comparefixture import (
-    BACKBONES, COMPARE_DIR, EVIL, FAILED, FAILED_ERROR, LABELS, SENTENCES, build_comparison, slice_image,
+    BACKBONES,
+    COMPARE_DIR,
+    EVIL,
+    FAILED,
+    FAILED_ERROR,
+    LABELS,
+    SENTENCES,
+    build_comparison,
+    slice_image,
 )
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -150,8 +165,8 @@ def test_csv_leaderboard_gives_the_same_rows(fresh):
     from_json = load_comparison(comp)
     (comp / "leaderboard.json").unlink()
     from_csv = load_comparison(comp)
-    entries = compare._run_entries(from_json["comparison"])
-    rows = [compare.leaderboard_rows(c["leaderboard"], entries, c["runs"], LABELS) for c in (from_json, from_csv)]
+    entries = comparison.run_entries(from_json["comparison"])
+    rows = [comparison.leaderboard_rows(c["leaderboard"], entries, c["runs"], LABELS) for c in (from_json, from_csv)]
     assert rows[0] == rows[1]
     assert from_csv["problems"] == []
 
@@ -162,10 +177,10 @@ def test_missing_leaderboard_is_rebuilt_from_run_folders(fresh):
     (comp / "leaderboard.csv").unlink()
     loaded = load_comparison(comp)
     assert "no leaderboard file" in loaded["problems"][0]
-    rows = compare.leaderboard_rows([], compare._run_entries(loaded["comparison"]), loaded["runs"], LABELS)
+    rows = comparison.leaderboard_rows([], comparison.run_entries(loaded["comparison"]), loaded["runs"], LABELS)
     by_name = {row["backbone"]: row for row in rows}
     assert by_name["efficientnetb0"]["accuracy_ci_high"] == pytest.approx(0.996)
-    assert by_name[EVIL]["recall"][EVIL] == pytest.approx(1.0)
+    assert by_name[EVIL][f"recall_{EVIL}"] == pytest.approx(1.0)
     assert by_name[FAILED[0]]["status"] == "failed" and by_name[FAILED[0]]["error"] == FAILED_ERROR
     assert rows[-1]["backbone"] == FAILED[0]  # failed last, still listed
 
@@ -273,16 +288,16 @@ def test_different_split_fingerprints_warned(fresh):
     assert not (fresh["runs"]["mobilenetv2"] / "report.html").exists()
 
 
-@pytest.mark.parametrize("comparison, manifests, warned", [
+@pytest.mark.parametrize("record, manifests, warned", [
     ({"split_fingerprints": {"a": "s1", "b": "s2"}, "split_fingerprint": None}, {}, True),
     ({"split_fingerprints": {"a": "s1", "b": "s1"}, "split_fingerprint": "s1"}, {"a": "s1"}, False),
     ({"split_fingerprint": "s1"}, {"a": "s1", "b": "s2"}, True),
     ({"split_fingerprint": "s1"}, {"a": "s2"}, True),
     ({}, {}, False),
 ], ids=["recorded-differ", "all-same", "manifests-differ", "comparison-vs-run", "none-recorded"])
-def test_fingerprint_banner(comparison, manifests, warned):
+def test_fingerprint_banner(record, manifests, warned):
     runs = {name: {"manifest": {"split_fingerprint": value}} for name, value in manifests.items()}
-    banner = compare._fingerprint_banner(comparison, runs)
+    banner = comparison.fingerprint_banner(record, runs)
     assert (banner is not None) == warned
 
 
@@ -356,7 +371,7 @@ def test_index_survives_broken_folders(tmp_path, name, content):
 
 
 def test_index_of_empty_folder(tmp_path):
-    assert "no runs or comparisons found" in write_index(tmp_path).read_text(encoding="utf-8")
+    assert "no result folders found" in write_index(tmp_path).read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------
@@ -364,35 +379,33 @@ def test_index_of_empty_folder(tmp_path):
 # ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["comparison", "run", "evaluation"])
-def test_write_any_report_dispatches(built, monkeypatch, kind):
-    calls = []
-    monkeypatch.setattr(compare, "write_comparison_report", lambda p: calls.append(("comparison", p)) or p)
-    monkeypatch.setattr(compare, "write_run_report", lambda p: calls.append(("run", p)) or p)
-    folder = {"comparison": built["comp"], "run": built["runs"]["mobilenetv2"],
-              "evaluation": built["evaluation"]}[kind]
-    write_any_report(folder)
-    assert calls == [("comparison" if kind == "comparison" else "run", folder)]
+@pytest.mark.parametrize("kind, title", [("comparison", "Backbone comparison"), ("run", "Run summary"),
+                                         ("evaluation", "Run summary")])
+def test_write_report_dispatches(fresh, kind, title):
+    folder = {"comparison": fresh["comp"], "run": fresh["runs"]["mobilenetv2"], "evaluation": fresh["evaluation"]}[kind]
+    path = write_report(folder)
+    assert path == folder / "report.html"
+    assert title in path.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("make", [lambda p: p, lambda p: p / "missing", lambda p: p / "file.txt"],
                          ids=["empty-folder", "missing", "file"])
-def test_write_any_report_rejects_other_paths(tmp_path, make):
+def test_write_report_rejects_other_paths(tmp_path, make):
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(ValueError, match="expected a run folder or a comparison folder"):
-        write_any_report(make(tmp_path))
+    with pytest.raises(ValueError, match="known kinds: comparison, cv, tuning, audit, evaluation, run"):
+        write_report(make(tmp_path))
 
 
 def test_public_api():
     for name in ("load_comparison", "comparison_context", "render_comparison", "write_comparison_report",
-                 "write_index", "write_any_report"):
+                 "write_index", "write_report", "finish", "load_run", "run_context", "render_run", "write_run_report"):
         assert callable(getattr(reports, name)), name
 
 
 def test_comparison_reporting_does_not_import_keras_or_tensorflow(built):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import reports; reports.write_any_report(sys.argv[2]); reports.write_index(sys.argv[3]);"
+        "import reports; reports.write_report(sys.argv[2]); reports.write_index(sys.argv[3]);"
         "bad = sorted(m for m in ('tensorflow', 'keras', 'matplotlib.pyplot') if m in sys.modules);"
         "assert not bad, bad"
     )

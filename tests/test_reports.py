@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from reports import load_run, plots, render_run, run_context, write_run_report
+from reports import load_run, plots, render_run, run_context, toolkit, write_run_report
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -206,15 +206,16 @@ def test_thumbnail_png_and_data_uri(tmp_path):
     path = _write_image(tmp_path / "a (1) é.jpg", 90)
     png = plots.thumbnail_png(path, size=32)
     assert png.startswith(PNG_MAGIC)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with Image.open(io.BytesIO(png)) as thumb:
         assert max(thumb.size) <= 32 and thumb.mode == "RGB"
     assert plots.thumbnail_png(tmp_path / "missing.png") is None
     (tmp_path / "bad.png").write_bytes(b"garbage")
     assert plots.thumbnail_png(tmp_path / "bad.png") is None
-    uri = plots.to_data_uri(png)
+    uri = toolkit.data_uri(png)
     assert uri.startswith(DATA_PNG)
     assert base64.b64decode(uri[len(DATA_PNG):]) == png
 
@@ -396,7 +397,7 @@ def test_reporting_does_not_import_keras_or_tensorflow(make_run):
     run_dir = make_run()
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import reports.render as r; r.write_run_report(sys.argv[2]);"
+        "import reports.run as r; r.write_run_report(sys.argv[2]);"
         "bad = sorted(m for m in ('tensorflow', 'keras', 'matplotlib.pyplot') if m in sys.modules);"
         "assert not bad, bad"
     )
