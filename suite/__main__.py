@@ -1,3 +1,5 @@
+"""``python -m suite``: the command line (``suite.cli.main``)."""
+
 import sys
 
 from suite.cli import main

@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", "training and inference images/s: the suite's loop against a bare model.fit",
                 description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=_positive_int, default=30, help="training steps per epoch (default: 30)")
-    p.add_argument("--epochs", type=_int_at_least(2, "a number of epochs"), default=3,
+    p.add_argument("--epochs", type=_int_at_least(2, "epochs (the first is warm-up)"), default=3,
                    help="epochs per fit, the first is warm-up (default: 3)")
     p.add_argument("--rounds", type=_positive_int, default=2,
                    help="bare/suite pairs, alternated bare-suite, suite-bare, ... (default: 2)")

@@ -24,6 +24,18 @@ from tests.imagegen import TINY_RUN, make_dataset  # noqa: E402
 
 SEED = int(os.environ.get("SUITE_TEST_SEED", "0"))
 
+# Fixtures that train real models: a test using any of them is marked slow, so
+# `python -m pytest -m "not slow"` (the quick tier) never trains. Tests that train
+# without one of these carry @pytest.mark.slow themselves.
+TRAINING_FIXTURES = ("comparison", "runs_by_backbone", "full_search", "resumed_search", "head_trials",
+                     "killed_cv")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():

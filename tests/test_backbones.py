@@ -109,6 +109,7 @@ def test_finetune_modes(finetune, trainable):
 
 
 @pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.slow
 def test_batchnorm_adapts_fast_from_random_initialisation(name, tmp_path):
     """Random init: every BatchNorm uses the fast momentum; a weights file keeps the application's own."""
     import keras

@@ -73,6 +73,7 @@ def test_comparison_report_and_index_are_written(comparison):
     assert comparison.name in index
 
 
+@pytest.mark.slow
 def test_a_failing_backbone_is_recorded_and_the_others_complete(tiny_data, tmp_path):
     """A weights file that fits one backbone and not the other: the second fails, the first completes."""
     from backbones import create_backbone

@@ -88,6 +88,7 @@ def test_same_seed_same_split_across_backbones(runs_by_backbone):
     assert len(prints) == 1
 
 
+@pytest.mark.slow
 def test_skipped_files_are_listed_and_do_not_crash(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=6, n_test=2)
     (data / "Training" / "glioma_tumor" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
@@ -112,6 +113,7 @@ def test_bad_data_stops_before_any_run_folder(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_prints_run_folder_last_and_reports_errors(tmp_path, tiny_data, capsys):
     out = tmp_path / "runs"
     args = ["run", "--data", str(tiny_data), "--out", str(out), "--backbone", "mobilenetv2", "--image-size", "32",
@@ -127,6 +129,7 @@ def test_cli_prints_run_folder_last_and_reports_errors(tmp_path, tiny_data, caps
 
 
 @pytest.mark.jax
+@pytest.mark.slow
 def test_jax_backend_smoke_and_compilation_cache(tmp_path, tiny_data):
     """The same command under KERAS_BACKEND=jax (GPU machines have JAX, not TensorFlow). Its
     compiled programs go to the persistent cache, where a second run would find them (checked
@@ -158,6 +161,7 @@ def _leaky_dataset(root: Path) -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_leak_free_metrics_beside_the_full_ones(tmp_path):
     data = _leaky_dataset(tmp_path / "data")
     run_dir = run({"data": str(data), "out": str(tmp_path / "runs"), "backbone": "mobilenetv2", **TINY},

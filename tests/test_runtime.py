@@ -75,6 +75,7 @@ def _history(run_dir: Path) -> dict:
         return {k: float(v) for k, v in next(csv.DictReader(f)).items()}
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_trains_like_one_device(tmp_path, tiny_data):
     """The global batch is split over 2 replicas and their gradients combined: the epoch's loss
     equals one device's from the same seed. Dropout off and the backbone frozen, so the only
@@ -103,6 +104,7 @@ def test_mirrored_on_two_cpu_devices_trains_like_one_device(tmp_path, tiny_data)
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_cpu_devices_after_the_backend_started_is_a_clear_error(tmp_path, tiny_data):
     """In this process TensorFlow runs already, on one CPU device: asking for two must say so."""
     import tensorflow as tf
@@ -128,6 +130,7 @@ def _tiny_model():
     return model
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_the_best_epoch_even_when_writes_are_deferred(tmp_path):
     """With no write budget mid-training, only the first improvement is written at once; the
     file still ends up holding the best epoch's weights, not the last epoch's."""
@@ -153,6 +156,7 @@ def test_checkpoint_holds_the_best_epoch_even_when_writes_are_deferred(tmp_path)
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_training_that_fails_midway_keeps_its_best_epoch(tmp_path):
     import keras
 
@@ -189,6 +193,7 @@ def test_tensorboard_logs_hold_epoch_scalars_for_train_and_validation(runs_by_ba
 # ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_prints_one_json_object_with_both_loops(capsys):
     args = ["bench", "--backbone", "mobilenetv2", "--image-size", "32", "--batch-size", "8", "--steps", "3",
             "--epochs", "2", "--rounds", "1"]
@@ -208,5 +213,7 @@ def test_bench_prints_one_json_object_with_both_loops(capsys):
 
 
 def test_bench_refuses_a_run_without_timed_epochs(capsys):
-    assert main(["bench", "--backbone", "mobilenetv2", "--epochs", "1"]) == 2
-    assert "warm-up" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--backbone", "mobilenetv2", "--epochs", "1"])
+    assert exit_.value.code == 2
+    assert "warm-up" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -209,6 +209,7 @@ def test_fast_path_caches_embeddings_and_trains_only_the_head(resumed_search):
     assert best["status"] == "completed" and best["params"] > 100 * (width + 1) * n_classes  # a full model
 
 
+@pytest.mark.slow
 def test_cached_features_are_the_full_models_pooled_features(tiny_data):
     """Same seed, same weights: the fast path's features (as cached) are what the full model's head sees."""
     import keras

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from suite.config import USER_FIELDS
+from suite.config import USER_FIELDS, RunConfig
+from suite.errors import SuiteError
 
 
 def log(message: str) -> None:
@@ -28,3 +31,23 @@ def training_output():
 def run_flags(args: Any) -> dict:
     """The ``RunConfig`` settings a command line gave (``None``: not given, resolved later)."""
     return {name: getattr(args, name, None) for name in USER_FIELDS}
+
+
+def resume_folder(args: Any, find_latest: Callable[[Path, str], Path | None], what: str) -> Path | None:
+    """The folder ``--resume`` names: its value, or for a bare ``--resume`` the newest one ``find_latest``
+    finds under ``--out`` for this backbone; ``None`` when not resuming.
+
+    Raises:
+        SuiteError: a bare ``--resume`` with nothing to resume.
+    """
+    if args.resume is None:
+        return None
+    if args.resume != "latest":
+        return Path(args.resume)
+    from backbones import get_spec
+
+    out = Path(args.out or RunConfig.out)
+    found = find_latest(out, get_spec(args.backbone or RunConfig.backbone).name)
+    if found is None:
+        raise SuiteError(f"no {what} to resume under {out}")
+    return found

@@ -17,8 +17,8 @@ import numpy as np
 
 from reports import finish
 from suite import runs
-from suite.commands import log, run_flags, training_output
-from suite.config import PLACEMENT_FIELDS, RunConfig
+from suite.commands import log, resume_folder, run_flags, training_output
+from suite.config import PLACEMENT_FIELDS
 from suite.data.splits import Split, split_fingerprint, stratified_holdout
 from suite.errors import SuiteError
 from suite.io import read_json, write_json_atomic
@@ -223,18 +223,8 @@ def latest_unfinished(out: Path, backbone: str) -> Path | None:
 
 
 def main(args) -> int:
-    from backbones import get_spec
-
-    flags = run_flags(args)
-    resume = None
-    if args.resume == "latest":
-        out = Path(args.out or RunConfig.out)
-        resume = latest_unfinished(out, get_spec(args.backbone or RunConfig.backbone).name)
-        if resume is None:
-            raise SuiteError(f"no unfinished cross-validation to resume under {out}")
-    elif args.resume:
-        resume = Path(args.resume)
+    resume = resume_folder(args, latest_unfinished, "unfinished cross-validation")
     with training_output():
-        folder = cross_validate(flags, args.folds, resume=resume, progress=not args.quiet, log=log)
+        folder = cross_validate(run_flags(args), args.folds, resume=resume, progress=not args.quiet, log=log)
     print(folder)
     return 0

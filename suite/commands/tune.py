@@ -31,7 +31,7 @@ from typing import Any
 
 from reports import finish
 from suite import runs
-from suite.commands import log, run_flags, training_output
+from suite.commands import log, resume_folder, run_flags, training_output
 from suite.errors import SuiteError
 from suite.io import read_json, write_json_atomic
 from suite.search_space import DEFAULT_SPACE, SearchSpace
@@ -305,17 +305,7 @@ def _train_run(prepared, values: dict, role: str, source: str, old: dict | None,
 
 
 def main(args) -> int:
-    from backbones import get_spec
-    from suite.config import RunConfig
-
-    resume = None
-    if args.resume == "latest":
-        out = Path(args.out or RunConfig.out)
-        resume = latest_search(out, get_spec(args.backbone or RunConfig.backbone).name)
-        if resume is None:
-            raise SuiteError(f"no tuning folder to resume under {out}")
-    elif args.resume:
-        resume = Path(args.resume)
+    resume = resume_folder(args, latest_search, "tuning folder")
     settings = TuneSettings(tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
                             resume=resume, cv=args.cv, fast_path=args.fast_path,
                             compare_default=args.compare_default,
