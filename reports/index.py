@@ -73,6 +73,8 @@ def _timestamp(created: Any, folder: pathlib.Path) -> float:
 
 
 def _status_class(status: str) -> str:
+    if status == "stopped":  # marked running, but its process is gone
+        return "failed"
     return status if status in KNOWN_STATUS else "unknown"
 
 
@@ -104,7 +106,8 @@ def run_entry(folder) -> dict:
     backbone = manifest.get("backbone") or as_dict(manifest.get("config")).get("backbone")
     return _row(folder, "evaluation" if manifest.get("kind") == "evaluation" else "run", manifest.get("created"),
                 manifest.get("dataset"), backbones=fmt_value(backbone), headline_name="test accuracy [95% CI]",
-                headline=fmt_metric(metrics, "accuracy"), status=str(manifest.get("status") or "unknown"))
+                headline=fmt_metric(metrics, "accuracy"), status=runs.status_of(manifest),
+                detail=runs.status_text(manifest) if runs.status_of(manifest) == "stopped" else "")
 
 
 def _comparison_status(entries: Sequence[Mapping]) -> tuple[str, str]:

@@ -104,6 +104,8 @@ def _banners(manifest: Mapping, dataset: Mapping, weights: Mapping, problems: Se
     if manifest.get("status") == "failed" or manifest.get("error"):
         title = "Run failed" if manifest.get("status") == "failed" else "Error"
         banners.append(banner("error", title, manifest.get("error") or "no error message recorded"))
+    elif runs.status_of(manifest) == "stopped":
+        banners.append(banner("error", "Run stopped", runs.status_text(manifest)))
     if dataset.get("synthetic"):
         banners.append(synthetic_banner("This run used synthetic phantom data, not real MRI: its numbers say "
                                         "nothing about performance on real scans.", dataset.get("description")))

@@ -8,8 +8,11 @@ resolved in ``suite.config.resolve_config``; each subcommand's ``main(args)`` in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -23,7 +26,15 @@ from suite.config import (
     USER_FIELDS,
     RunConfig,
 )
-from suite.errors import SuiteError
+from suite.errors import SuiteError, Terminated
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag answered by one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 # -- converters: a bad value ends as one argparse error line ---------------------------------------
 
@@ -66,16 +77,43 @@ def _finetune(value: str) -> str:
 
 
 def _fraction(value: str) -> float:
-    x = float(value)
+    x = _finite_float(value)
     if not 0 < x < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value}")
+    return x
+
+
+def _positive_float(value: str) -> float:
+    x = _finite_float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return x
+
+
+def _dropout(value: str) -> float:
+    x = _finite_float(value)
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a dropout rate in [0, 1) (1 would drop every feature), got {value}")
+    return x
+
+
+def _finite_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value}")
     return x
 
 
 def _int_at_least(minimum: int, what: str = "an integer"):
     """A converter taking integers of at least ``minimum``."""
     def convert(value: str) -> int:
-        n = int(value)
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
         if n < minimum:
             raise argparse.ArgumentTypeError(f"expected {what} of at least {minimum}, got {value}")
         return n
@@ -125,8 +163,8 @@ RUN_FLAGS: dict[str, dict] = {
                        f"(default: the dataset card's, else {_D.image_size})"),
     "epochs": dict(type=_positive_int, help=f"default: the dataset card's, else {_D.epochs}"),
     "batch_size": dict(type=_positive_int, help=f"global batch (default: {_D.batch_size})"),
-    "learning_rate": dict(type=float, help=f"Adam learning rate (default: {_D.learning_rate:g})"),
-    "dropout": dict(type=float, help=f"dropout before the classifier (default: {_D.dropout})"),
+    "learning_rate": dict(type=_positive_float, help=f"Adam learning rate (default: {_D.learning_rate:g})"),
+    "dropout": dict(type=_dropout, help=f"dropout before the classifier (default: {_D.dropout})"),
     "finetune": dict(type=_finetune, help=f"all, head, or top:N (default: {_D.finetune})"),
     "augment": dict(choices=AUGMENT_CHOICES, help=f"training-time augmentation (default: {_D.augment})"),
     "val_fraction": dict(type=_fraction, help=f"validation share of training (default: {_D.val_fraction})"),
@@ -238,13 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     from suite.commands.bench import BENCH_FLAGS
     from suite.trials import OBJECTIVES, TUNER_NAMES
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m suite",
         description="Benchmark transfer-learning classifiers on brain-tumour MRI.",
     )
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error, not just its line (or set SUITE_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     quiet = _parent(_quiet)
 
     def command(name: str, help: str, *, parents=(), **kwargs) -> argparse.ArgumentParser:
@@ -339,23 +377,63 @@ def build_parser() -> argparse.ArgumentParser:
 BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "predict")
 
 
+# Exit statuses: 2 for an error the user can fix, 128 + the signal's number when stopped by one.
+EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure a user can cause ends as one line on stderr and a non-zero status."""
     chatter_wanted = "TF_CPP_MIN_LOG_LEVEL" in os.environ  # a user who sets it sees what it lets through
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    try:
-        if args.command in BACKEND_COMMANDS:
-            from suite.runtime import start_backend
+    debug = args.debug or bool(os.environ.get("SUITE_DEBUG"))
+    with _sigterm_raises():
+        try:
+            return _dispatch(args, quiet_backend=not chatter_wanted)
+        except (SuiteError, OSError) as exc:
+            if debug:
+                raise
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_SIGINT
+        except Terminated as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_SIGTERM
 
-            # before the backend's first operation; TensorFlow's C++ start-up lines stay off the terminal
-            start_backend(getattr(args, "cpu_devices", None), getattr(args, "strategy", None),
-                          quiet=not chatter_wanted)
-        return importlib.import_module(args.module).main(args)
-    except SuiteError as exc:
-        if args.debug or os.environ.get("SUITE_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def _dispatch(args: argparse.Namespace, *, quiet_backend: bool) -> int:
+    if args.command in BACKEND_COMMANDS:
+        from suite.runtime import start_backend
+
+        # before the backend's first operation; TensorFlow's C++ start-up lines stay off the terminal
+        start_backend(getattr(args, "cpu_devices", None), getattr(args, "strategy", None), quiet=quiet_backend)
+    return importlib.import_module(args.module).main(args)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The suite's own message, or an OS error as ``what: path``, never spread over lines."""
+    if isinstance(exc, OSError) and not isinstance(exc, SuiteError):
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror or exc}{where}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into ``Terminated`` for the command's length, so what runs records the stop."""
+    def handler(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

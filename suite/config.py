@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from suite.errors import ConfigError
+
 # The notebook recipe this project grew from.
 REFERENCE = {
     "image_size": 150,
@@ -137,7 +139,7 @@ PLACEMENT_FIELDS = ("out", "data", "workers")
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def resolve_config(
@@ -160,7 +162,7 @@ def resolve_config(
     values.update({k: v for k, v in (card or {}).items() if k in CARD_KEYS and v is not None})
     protocol = flags.get("protocol") or "default"
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}")
+        raise ConfigError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}")
     values.update(PROTOCOLS[protocol])
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = set(flags) - known

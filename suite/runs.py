@@ -16,11 +16,14 @@ Folder kinds (``FOLDER_KINDS``, most specific first):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib
 import json
-from collections.abc import Callable, Mapping
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ TRIAL = "suite_trial.json"
 TUNER_PROJECT = "keras_tuner"
 AUDIT = "audit.json"
 AUDIT_REPORT = "audit.html"
+LOCK = ".lock"
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
@@ -74,6 +78,18 @@ def new_run_dir(out: str | Path, name: str) -> Path:
     raise SuiteError(f"cannot make a new run folder under {out}")
 
 
+def check_out_outside(out: str | Path, data_root: str | Path) -> None:
+    """Refuse an output folder inside the dataset: its files would be read as data by the next run.
+
+    Raises:
+        SuiteError: ``out`` is ``data_root`` or lies below it.
+    """
+    out, data_root = Path(out).resolve(), Path(data_root).resolve()
+    if out == data_root or data_root in out.parents:
+        raise SuiteError(f"--out {out} is inside the dataset folder {data_root}: results written there would be "
+                         "read as images by the next run; choose an output folder outside the dataset")
+
+
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
     return write_json_atomic(run_dir / MANIFEST, manifest)
 
@@ -93,6 +109,109 @@ def is_completed_run(path: str | Path) -> bool:
         return read_manifest(path).get("status") == "completed" and (path / METRICS).is_file()
     except (OSError, ValueError, AttributeError):
         return False
+
+
+# -- who is writing a folder --------------------------------------------------------------------------
+
+def process_stamp() -> dict:
+    """``{"pid", "host"}`` of this process: recorded in a manifest while it runs, and in locks."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def process_state(record: Mapping) -> str:
+    """Whether the process that wrote ``record`` (with ``pid`` and ``host``) still runs.
+
+    Returns:
+        ``alive``; ``gone`` (same host, no such process: it was killed or crashed);
+        ``elsewhere`` (another host: cannot tell); ``unknown`` (no pid recorded, as in
+        folders made before pids were recorded).
+    """
+    pid, host = record.get("pid"), record.get("host")
+    if not isinstance(pid, int) or not host:
+        return "unknown"
+    if host != socket.gethostname():
+        return "elsewhere"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:  # someone else's live process
+        return "alive"
+    return "alive"
+
+
+def status_of(manifest: Mapping) -> str:
+    """The manifest's status, with a ``running`` whose process is gone told apart: ``stopped``."""
+    status = str(manifest.get("status") or "unknown")
+    if status == "running" and process_state(manifest) == "gone":
+        return "stopped"
+    return status
+
+
+def status_text(manifest: Mapping) -> str:
+    """A line on a run's status for a person: why it failed, or that its process is gone."""
+    status = status_of(manifest)
+    if status == "failed":
+        return f"failed: {manifest.get('error') or 'no error recorded'}"
+    if status == "stopped":
+        return (f"stopped: still marked running, but its process ({manifest.get('pid')} on {manifest.get('host')}) "
+                "is gone (killed, or the machine went down)")
+    if status == "running":
+        where = {"alive": "its process is alive", "elsewhere": f"on {manifest.get('host')}, cannot tell if alive"}
+        return f"running ({where.get(process_state(manifest), 'no process recorded')})"
+    return status
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, command: str) -> Iterator[Path]:
+    """Hold ``folder/.lock`` (this process's pid and host) while ``command`` works in ``folder``.
+
+    A second process that wants the folder is refused, naming the holder. A lock left by a
+    process that is gone (killed, crashed) is taken over. The lock is removed on the way out.
+
+    Raises:
+        SuiteError: another live process (or one on another host) holds the folder.
+    """
+    path = Path(folder) / LOCK
+    record = {**process_stamp(), "command": command, "since": now_iso()}
+    while not _create_with(path, record):
+        holder = _read_lock(path)
+        if holder is None:  # released meanwhile: try again
+            continue
+        if process_state(holder) != "gone":
+            raise SuiteError(f"{folder} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                             f"({holder.get('command')}, since {holder.get('since')}); wait for it to finish "
+                             "or stop it, then run again")
+        path.unlink(missing_ok=True)  # its process is gone: take the lock over
+    try:
+        yield path
+    finally:
+        if _read_lock(path) == record:
+            path.unlink(missing_ok=True)
+
+
+def _create_with(path: Path, record: dict) -> bool:
+    """Make ``path`` holding ``record`` in one step (a hard link cannot replace a file); False if it exists."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The lock's record; None once it is gone; ``{}`` (no pid: treated as held) when unreadable."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 # -- folder kinds -------------------------------------------------------------------------------------
@@ -240,13 +359,22 @@ class RunFolder:
         return read_json(self.path / METRICS)
 
     def load_model(self):
-        """The best checkpoint, as Keras loads it (safe mode on)."""
+        """The best checkpoint, as Keras loads it (safe mode on: a file holding code, such as a
+        ``Lambda`` layer, is refused rather than run).
+
+        Raises:
+            SuiteError: no model file, or one Keras cannot or will not load.
+        """
         import keras
 
         path = self.path / MODEL
         if not path.is_file():
             raise SuiteError(f"{self.path} has no {MODEL}: the run did not finish training")
-        return keras.saving.load_model(path)
+        try:
+            return keras.saving.load_model(path)
+        except Exception as exc:  # safe-mode refusal (ValueError), a damaged zip, unknown layers, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SuiteError(f"cannot load {path}: {first}") from None
 
 
 # -- resuming -------------------------------------------------------------------------------------------

@@ -91,12 +91,32 @@ _STARTUP_CHATTER = re.compile(r"^(WARNING: All log messages before absl::Initial
                               r"To enable the following instructions:)")
 
 
+# KERAS_BACKEND value -> the package it needs.
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy",
+                    "openvino": "openvino"}
+
+
+def check_backend_installed(environ=os.environ) -> None:
+    """Refuse an unknown ``KERAS_BACKEND``, or one whose package is missing, before Keras is imported."""
+    name = environ.get("KERAS_BACKEND")
+    if not name or "keras" in sys.modules:
+        return
+    if name not in BACKEND_PACKAGES:
+        raise SuiteError(f"KERAS_BACKEND={name} is not a Keras backend; use one of {', '.join(BACKEND_PACKAGES)} "
+                         "(or unset it for TensorFlow)")
+    package = BACKEND_PACKAGES[name]
+    if importlib.util.find_spec(package) is None:
+        raise SuiteError(f"KERAS_BACKEND={name} needs {package}, which is not installed: pip install {package} "
+                         "(or unset KERAS_BACKEND for TensorFlow)")
+
+
 def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *, quiet: bool = True) -> dict:
     """Configure the process (:func:`configure_process`) and import Keras and its backend.
 
     With ``quiet``, the backend's C++ start-up lines are kept off the terminal: file
     descriptor 2 is read while the backend loads and every other line is passed on.
     """
+    check_backend_installed()
     if not quiet or "keras" in sys.modules:
         settings = configure_process(cpu_devices, strategy)
         import keras  # noqa: F401

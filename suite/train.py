@@ -101,7 +101,7 @@ class BestCheckpoint(_callback_base()):
 
     def _write(self) -> None:
         start = time.perf_counter()
-        with atomic_target(self.path) as tmp:
+        with atomic_target(self.path, expected_bytes=4 * self.model.count_params()) as tmp:
             self.model.save(tmp, overwrite=True)
         self._last_end = time.perf_counter()
         self._last_cost = self._last_end - start

@@ -42,6 +42,7 @@ def run_audit(data_dir: str | Path, out: str | Path | None = None, **kw) -> Path
     """
     started = time.perf_counter()
     index = discover(data_dir, check=False)
+    runs.check_out_outside(out or "runs", index.root)
     discovered_s = time.perf_counter() - started
     result = audit(index, **kw)
     result["timings"] = {"discover_s": round(discovered_s, 3), **result["timings"]}

@@ -19,7 +19,7 @@ from reports import finish
 from suite import runs
 from suite.commands import log, run_flags, training_output
 from suite.errors import DataError, SuiteError
-from suite.io import write_csv_atomic, write_json_atomic
+from suite.io import read_json, write_csv_atomic, write_json_atomic
 from suite.metrics import leaderboard_columns, leaderboard_row, leaderboard_sort_key
 
 GRADCAM_IMAGES = 8
@@ -76,30 +76,31 @@ def write_comparison(out: Path, results: list[dict], *, log: Callable = print) -
     accuracy = {name: metrics[name]["accuracy"] for name in correct}
     tiers = tie_groups(accuracy, tests) if correct else {}
     folder = runs.new_run_dir(out, "compare")
-    gradcam = _gradcam_sample(folder, done, paths, manifests, log)
-    first = next(iter(manifests.values()), {})
-    fingerprints = {m["split_fingerprint"] for m in manifests.values()}
-    comparison = {
-        "schema": 1,
-        "kind": "comparison",
-        "comparison_id": folder.name,
-        "created": runs.now_iso(),
-        "config": {k: v for k, v in first.get("config", {}).items() if k not in ("backbone", "image_size")},
-        "dataset": first.get("dataset", {}),
-        "split_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
-        "split_fingerprints": {name: m["split_fingerprint"] for name, m in manifests.items()},
-        "labels": first.get("dataset", {}).get("labels", []),
-        "runs": [_relative_result(r, folder) for r in results],
-        "pairwise": tests,
-        "p_matrix": {"names": list(correct), "values": p_matrix(list(correct), tests)},
-        "tiers": tiers,
-        "gradcam": gradcam,
-    }
-    rows = leaderboard(results, manifests, metrics, tiers, comparison["labels"])
-    write_json_atomic(folder / runs.COMPARISON, comparison)
-    write_json_atomic(folder / runs.LEADERBOARD_JSON, rows)
-    header = leaderboard_columns(comparison["labels"])
-    write_csv_atomic(folder / runs.LEADERBOARD_CSV, header, [[_cell(row.get(k)) for k in header] for row in rows])
+    with runs.folder_lock(folder, "compare"):
+        gradcam = _gradcam_sample(folder, done, paths, manifests, log)
+        first = next(iter(manifests.values()), {})
+        fingerprints = {m["split_fingerprint"] for m in manifests.values()}
+        comparison = {
+            "schema": 1,
+            "kind": "comparison",
+            "comparison_id": folder.name,
+            "created": runs.now_iso(),
+            "config": {k: v for k, v in first.get("config", {}).items() if k != "backbone"},
+            "dataset": first.get("dataset", {}),
+            "split_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
+            "split_fingerprints": {name: m["split_fingerprint"] for name, m in manifests.items()},
+            "labels": first.get("dataset", {}).get("labels", []),
+            "runs": [_relative_result(r, folder) for r in results],
+            "pairwise": tests,
+            "p_matrix": {"names": list(correct), "values": p_matrix(list(correct), tests)},
+            "tiers": tiers,
+            "gradcam": gradcam,
+        }
+        rows = leaderboard(results, manifests, metrics, tiers, comparison["labels"])
+        write_json_atomic(folder / runs.COMPARISON, comparison)
+        write_json_atomic(folder / runs.LEADERBOARD_JSON, rows)
+        header = leaderboard_columns(comparison["labels"])
+        write_csv_atomic(folder / runs.LEADERBOARD_CSV, header, [[_cell(row.get(k)) for k in header] for row in rows])
     for t in tests:
         log(t["sentence"])
     finish(folder, log)
@@ -183,4 +184,9 @@ def main(args) -> int:
     with training_output():
         folder = compare(flags, args.backbones or tuple(list_backbones()), progress=not args.quiet, log=log)
     print(folder)
+    failed = [r for r in read_json(folder / runs.COMPARISON)["runs"] if r["status"] != "completed"]
+    if failed:
+        names = "; ".join(f"{r['backbone']} ({r.get('error') or r['status']})" for r in failed)
+        log(f"error: {len(failed)} of the backbones failed: {names}")
+        return 1
     return 0

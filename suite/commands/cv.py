@@ -20,7 +20,7 @@ from suite import runs
 from suite.commands import log, resume_folder, run_flags, training_output
 from suite.config import PLACEMENT_FIELDS
 from suite.data.splits import Split, split_fingerprint, stratified_holdout
-from suite.errors import SuiteError
+from suite.errors import SuiteError, stop_reason
 from suite.io import read_json, write_json_atomic
 from suite.metrics import named_figures
 
@@ -120,18 +120,35 @@ def cross_validate(
         pool = pool[~np.isin(groups[pool], groups[official_test])]
     splits = fold_splits(labels, pool, folds, val_fraction=config.val_fraction, seed=config.seed, groups=groups)
     cv_dir = _cv_folder(resume, config, prepared.spec.name)
-    plan = _plan(cv_dir, config, data, folds, resume is not None)
-    write_json_atomic(cv_dir / runs.CV, _with_summary(plan))  # a killed CV can resume from here on
-    keys = [str(e.path) for e in data.entries]
+    with runs.folder_lock(cv_dir, "cv"):
+        plan = _plan(cv_dir, config, data, folds, resume is not None)
+        write_json_atomic(cv_dir / runs.CV, _with_summary(plan))  # a killed CV can resume from here on
+        try:
+            _run_folds(prepared, cv_dir, plan, splits, official_test, log)
+        except BaseException as exc:  # stopped (signal, full disk, ...): say so; --resume goes on from here
+            plan.update(status="failed", error=stop_reason(exc))
+            _save(cv_dir, plan, log)
+            raise
+        plan["status"] = "completed" if all(f["status"] == "completed" for f in plan["folds"]) else "failed"
+        write_json_atomic(cv_dir / runs.CV, _with_summary(plan))
+    finish(cv_dir, log)
+    return cv_dir
+
+
+def _run_folds(prepared, cv_dir: Path, plan: dict, splits, official_test, log) -> None:
+    keys = [str(e.path) for e in prepared.data.entries]
     for k, split in enumerate(splits, start=1):
         record = _run_fold(prepared, cv_dir, k, split, keys, official_test, log)
         plan["folds"] = [f for f in plan["folds"] if f["fold"] != k] + [record]
         plan["folds"].sort(key=lambda f: f["fold"])
         write_json_atomic(cv_dir / runs.CV, _with_summary(plan))
-    plan["status"] = "completed" if all(f["status"] == "completed" for f in plan["folds"]) else "failed"
-    write_json_atomic(cv_dir / runs.CV, _with_summary(plan))
-    finish(cv_dir, log)
-    return cv_dir
+
+
+def _save(cv_dir: Path, plan: dict, log) -> None:
+    try:
+        write_json_atomic(cv_dir / runs.CV, _with_summary(plan))
+    except (SuiteError, OSError) as exc:
+        log(f"warning: {cv_dir / runs.CV} could not be updated: {exc}")
 
 
 def _cv_folder(resume: Path | None, config, backbone: str) -> Path:
@@ -157,7 +174,7 @@ def _plan(cv_dir: Path, config, data, folds: int, resuming: bool) -> dict:
                   "config": {n: v for n, v in old.get("config", {}).items() if n not in PLACEMENT_FIELDS}}
         runs.check_resume(cv_dir, stored, {"k": folds, "data_fingerprint": data.data_fingerprint,
                                            "config": config.identity()})
-        return {**old, "status": "running", "resumed": old.get("resumed", 0) + 1}
+        return {**old, "status": "running", "error": None, "resumed": old.get("resumed", 0) + 1}
     return {"schema": 1, "kind": "cv", "cv_id": cv_dir.name, "status": "running", "created": runs.now_iso(),
             "config": config.to_dict(), "dataset": data.index.describe(), "labels": list(data.labels),
             "folds": [], **identity}

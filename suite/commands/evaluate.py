@@ -57,6 +57,7 @@ def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progr
     model, source, labels, size = run.load_model(), run.manifest, run.labels, run.image_size
     run_dir = run.path
     index = discover(data_dir, check=False)
+    runs.check_out_outside(out or run_dir.parent, index.root)
     entries, split = select_entries(index, split)
     decoded = load_images([e.path for e in entries], size, progress=progress)
     ok = [i for i, r in enumerate(decoded.reasons) if r is None]

@@ -23,6 +23,7 @@ from suite.commands import run_flags, training_output
 from suite.config import RunConfig, resolve_config
 from suite.data.dataset import PreparedData, prepare_data
 from suite.data.discover import discover
+from suite.errors import DiskFull, stop_reason
 from suite.io import write_csv_atomic, write_json_atomic
 from suite.runtime import configure_process
 from suite.weights import WeightsChoice, resolve_weights
@@ -58,6 +59,7 @@ def prepare(
     spec = get_spec(flags.get("backbone") or RunConfig.backbone)
     index = discover(flags.get("data") or _phantom_root(log, progress))
     config = resolve_config({**flags, "backbone": spec.name}, index.card)
+    runs.check_out_outside(config.out, index.root)
     configure_process(config.cpu_devices, config.strategy)  # before anything starts the backend; may refuse
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
@@ -100,19 +102,30 @@ def execute(
     runs.write_manifest(run_dir, manifest)
     try:
         _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
+    except DiskFull as exc:  # the next backbone or fold would meet the same full disk: stop
+        manifest.update(status="failed", error=stop_reason(exc))
+        raise
     except Exception as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        manifest.update(status="failed", error=stop_reason(exc))
         if raise_errors:
             raise
         log(f"error: {spec.name} failed: {manifest['error']}")
-    except BaseException as exc:  # interrupted: record it, then stop
-        manifest.update(status="failed", error=f"{type(exc).__name__}: interrupted")
+    except BaseException as exc:  # interrupted or terminated: record it, then stop
+        manifest.update(status="failed", error=stop_reason(exc))
         raise
     finally:
         manifest["finished"] = runs.now_iso()
-        runs.write_manifest(run_dir, manifest)
+        _save_manifest(run_dir, manifest, log)
         finish(run_dir, log)
     return run_dir
+
+
+def _save_manifest(run_dir: Path, manifest: dict, log) -> None:
+    """Write the final manifest; on a full disk, say so rather than hide the run's own error."""
+    try:
+        runs.write_manifest(run_dir, manifest)
+    except (DiskFull, OSError) as exc:
+        log(f"warning: {run_dir / runs.MANIFEST} could not be updated: {exc}")
 
 
 def run(
@@ -152,6 +165,7 @@ def initial_manifest(run_dir: Path, config: RunConfig, data: PreparedData, weigh
         "run_id": run_dir.name,
         "status": "running",
         "error": None,
+        **runs.process_stamp(),
         "created": runs.now_iso(),
         "backbone": config.backbone,
         "config": config.to_dict(),

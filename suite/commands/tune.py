@@ -21,6 +21,7 @@ contains ``chief`` serves the oracle and, once the workers have run every trial,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,7 +33,7 @@ from typing import Any
 from reports import finish
 from suite import runs
 from suite.commands import log, resume_folder, run_flags, training_output
-from suite.errors import SuiteError
+from suite.errors import SuiteError, stop_reason
 from suite.io import read_json, write_json_atomic
 from suite.search_space import DEFAULT_SPACE, SearchSpace
 from suite.trials import (
@@ -137,21 +138,45 @@ def tune(
         notes.append(HYPERBAND_NOTE)
     folder = tuning_folder(flags, prepared.config, settings, role)
     identity = search_identity(prepared, settings, space, fast)
+    # chief and workers share their folder by design; a standalone search has it to itself
+    lock = runs.folder_lock(folder, "tune") if role == "standalone" else contextlib.nullcontext()
+    with lock:
+        if role != "worker":
+            _check_or_write_search(folder, identity, settings.max_trials)
+        for note in notes:
+            log(f"note: {note}")
+        previous = _read_previous(folder)
+        try:
+            _search_and_retrain(prepared, settings, space, fast, identity, notes, previous, folder, role, log)
+        except BaseException as exc:  # stopped: say so in tuning.json; --resume goes on from here
+            if role != "worker":
+                _save_stopped(folder, exc, log)
+            raise
     if role != "worker":
-        _check_or_write_search(folder, identity, settings.max_trials)
-    for note in notes:
-        log(f"note: {note}")
+        finish(folder, log)
+    return folder
+
+
+def _save_stopped(folder: Path, exc: BaseException, log) -> None:
+    try:
+        record = _read_previous(folder) or {}
+        write_json_atomic(folder / runs.TUNING, {**record, "status": "failed", "error": stop_reason(exc)})
+    except (SuiteError, OSError) as err:
+        log(f"warning: {folder / runs.TUNING} could not be updated: {err}")
+
+
+def _search_and_retrain(prepared, settings, space, fast, identity, notes, previous, folder, role, log) -> None:
+    """Run the trials (resuming what is on record), then, unless a worker, retrain the best and write tuning.json."""
     runner = (HeadTrials if fast else ImageTrials)(prepared, settings.objective, settings.cv, space.names, log=log)
-    previous = _read_previous(folder)
     if role != "worker":
-        write_json_atomic(folder / runs.TUNING, {**(previous or {}), **identity, "status": "running",
+        write_json_atomic(folder / runs.TUNING, {**(previous or {}), **identity, "status": "running", "error": None,
                                                  "notes": notes, "created": runs.now_iso()})
     start = time.perf_counter()
     tuner, stopped = run_search(folder, settings, space, prepared.config, runner, log)
     search_s = time.perf_counter() - start
     if role == "worker":
         log(f"worker {os.environ['KERASTUNER_TUNER_ID']} done: the chief writes {folder / runs.TUNING}")
-        return folder
+        return
     trials = collect_trials(tuner.oracle, folder, settings.objective)
     tuning = {**identity, "schema": 1, "kind": "tuning", "tuning_id": folder.name, "created": runs.now_iso(),
               "role": role, "notes": notes, "search_stopped": stopped, "search_s": round(search_s, 3),
@@ -161,8 +186,6 @@ def tune(
     tuning.update(_retrain(prepared, space, tuning, previous, folder, settings, log))
     tuning["finished"] = runs.now_iso()
     write_json_atomic(folder / runs.TUNING, tuning)
-    finish(folder, log)
-    return folder
 
 
 def plan_space(settings: TuneSettings, flags: Mapping[str, Any]) -> tuple[SearchSpace, bool, list[str]]:
