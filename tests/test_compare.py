@@ -12,8 +12,7 @@ import pytest
 
 from backbones import list_backbones
 from suite.cli import main
-from suite.commands.compare import compare
-from tests.imagegen import TINY_RUN, make_dataset
+from tests.imagegen import make_dataset
 
 LEADERBOARD_COLUMNS = ["backbone", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "macro_f1_ci_low",
                        "macro_f1_ci_high", "roc_auc_macro", "ece", "params", "train_s", "infer_ms_per_image",
@@ -74,14 +73,19 @@ def test_comparison_report_and_index_are_written(comparison):
 
 
 @pytest.mark.slow
-def test_a_failing_backbone_is_recorded_and_the_others_complete(tiny_data, tmp_path):
+def test_a_failing_backbone_is_recorded_and_the_others_complete(tiny_data, tmp_path, capsys):
     """A weights file that fits one backbone and not the other: the second fails, the first completes."""
     from backbones import create_backbone
 
     weights = tmp_path / "mobilenetv2.weights.h5"
     create_backbone("mobilenetv2", input_size=32, weights=None).save_weights(weights)
-    folder = compare({"data": str(tiny_data), "out": str(tmp_path / "runs"), **{**TINY_RUN, "weights": str(weights)}},
-                     ["mobilenetv2", "resnet50"], progress=False, log=lambda m: None)
+    code = main(["compare", "--backbones", "mobilenetv2,resnet50", "--data", str(tiny_data),
+                 "--out", str(tmp_path / "runs"), "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--weights", str(weights), "--quiet"])
+    assert code == 1  # after finishing the others, and saying which failed
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1].startswith("error: 1 of the backbones failed: resnet50 (")
+    folder = Path(captured.out.strip().splitlines()[-1])
     rows = {r["backbone"]: r for r in _leaderboard(folder)}
     assert rows["mobilenetv2"]["status"] == "completed" and rows["mobilenetv2"]["accuracy"]
     assert rows["resnet50"]["status"] == "failed" and rows["resnet50"]["error"]

@@ -107,6 +107,12 @@ def write_comparison(out: Path, results: list[dict], *, log: Callable = print) -
     return folder
 
 
+def _short(text: str, limit: int = 160) -> str:
+    """An error on one line, cut to ``limit`` characters (the report and manifest keep it whole)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def _cell(value) -> str:
     return "" if value is None else value
 
@@ -186,7 +192,7 @@ def main(args) -> int:
     print(folder)
     failed = [r for r in read_json(folder / runs.COMPARISON)["runs"] if r["status"] != "completed"]
     if failed:
-        names = "; ".join(f"{r['backbone']} ({r.get('error') or r['status']})" for r in failed)
+        names = "; ".join(f"{r['backbone']} ({_short(r.get('error') or r['status'])})" for r in failed)
         log(f"error: {len(failed)} of the backbones failed: {names}")
         return 1
     return 0
