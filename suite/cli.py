@@ -352,10 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None, help="pixel tolerance confirming a near duplicate "
                    "(default: 0.11; about 0.2 also groups neighbouring slices of one scan)")
 
-    p = command("check", "check run, comparison or CV folders against metric thresholds (exit 1 on failure)")
+    p = command("check", "check run, comparison or CV folders against metric thresholds (exit 1 when a check "
+                          "fails, 2 when the thresholds match no run)")
     p.add_argument("--thresholds", type=Path, default=None, help="TOML file: [default] and per-backbone tables")
     p.add_argument("--require", action="append", default=[], type=_threshold, metavar="METRIC>=VALUE",
-                   help="an extra bound for every backbone, e.g. accuracy>=0.9 (may repeat)")
+                   help="an extra bound for every backbone, e.g. accuracy>=0.9, or for one, e.g. "
+                        "mobilenetv2:accuracy>=0.9 (may repeat)")
     p.add_argument("paths", nargs="+", help="run, comparison or CV folders, or a folder of them")
 
     p = command("list", "list the registered backbones")

@@ -4,9 +4,14 @@ thresholds TOML -> ``{backbone: [Threshold]}``; run, comparison and CV folders -
 each (run, threshold) -> ``CheckResult``; ``format_verdict`` -> text (``suite check`` and the pytest
 plugin, ``suite.pytest_plugin``, print it).
 
-A run that failed, never finished or lost its metrics is a failed check that says why, never a
-silent skip. A cross-validation folder counts each of its ``fold-k/`` runs (as listed in its
-``cv.json``) as a run of its own, so every fold must clear the bounds.
+A run that failed, was killed, is still running or lost its metrics is a failed check that says
+why, never a silent skip; a run still marked running whose process is gone reads "stopped" (see
+``suite.runs.status_of``). A cross-validation folder counts each of its ``fold-k/`` runs (as listed
+in its ``cv.json``) as a run of its own, so every fold must clear the bounds.
+
+Gates never pass vacuously: a backbone table (``[<backbone>]`` or ``--require backbone:...``)
+that matches no run, or thresholds under which no run would be checked, is a ``GateError``
+(``check_coverage``); a run no threshold applies to is reported as not checked.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from suite.errors import SuiteError
 from suite.io import read_json
 from suite.metrics import is_number, named_figures
-from suite.runs import COMPARISON, CV, MANIFEST, METRICS, kind_of
+from suite.runs import COMPARISON, CV, MANIFEST, METRICS, kind_of, process_state, status_of, status_text
 
 DEFAULT = "default"
 
@@ -35,7 +40,8 @@ _EXAMPLES = "e.g. 'accuracy>=0.9', 'recall_glioma_ci_low>=0.7' or 'mobilenetv2:m
 
 
 class GateError(SuiteError, ValueError, argparse.ArgumentTypeError):
-    """Bad threshold text, a bad thresholds file, or paths that hold no runs.
+    """Bad threshold text, a bad thresholds file, paths that hold no runs, or thresholds that
+    would check nothing (a table matching no run; no threshold applying to any run).
 
     A ``SuiteError`` (the CLI prints it and exits 2), a ``ValueError``, and an
     ``ArgumentTypeError`` so that argparse shows this message rather than "invalid value".
@@ -311,18 +317,28 @@ def _comparison_spots(folder: Path) -> list[_Spot]:
 
 def _cv_spots(folder: Path) -> list[_Spot]:
     cv = _read_container(folder / CV)
-    backbone, status = cv.get("backbone"), cv.get("status")
+    backbone = cv.get("backbone")
     folds = {f["fold"]: f for f in cv.get("folds", []) if "fold" in f}
     spots = []
     for k in range(1, max([cv.get("k") or 0, *folds]) + 1):
         run_dir = folder / (folds.get(k, {}).get("run_dir") or f"fold-{k}")
         if k not in folds:
-            spots.append(_Spot(run_dir, backbone, problem=f"fold {k} has not run (cross-validation status {status!r})"))
+            spots.append(_Spot(run_dir, backbone, problem=f"fold {k} has not run ({_cv_status(cv)})"))
         elif not (run_dir / MANIFEST).is_file():
             spots.append(_Spot(run_dir, backbone, problem=f"run folder {run_dir} is missing (listed in {CV})"))
         else:
             spots.append(_Spot(run_dir, backbone))
     return spots
+
+
+def _cv_status(cv: Mapping) -> str:
+    """``cross-validation status 'running'``, with why it failed or that its process is gone."""
+    status = status_of(cv)
+    if status == "stopped":
+        return f"cross-validation {status_text(cv)}"
+    if status == "failed":
+        return f"cross-validation {_failure_text(cv.get('error'))}"
+    return f"cross-validation status {cv.get('status')!r}"
 
 
 def _read_run(spot: _Spot) -> Run:
@@ -350,10 +366,36 @@ def _read_part(path: Path) -> tuple[dict, str | None]:
 
 
 def _status_problem(manifest: Mapping) -> str:
-    status, error = manifest.get("status"), manifest.get("error")
+    """Why a run whose manifest is not ``completed`` cannot pass, as one line.
+
+    A ``running`` manifest is told apart by its recorded process (``suite.runs.process_state``):
+    gone from this host reads "stopped: still marked running, but its process ... is gone";
+    alive reads "still running"; with no pid recorded (older folders) it cannot be told apart.
+    """
+    status = status_of(manifest)
     if status == "failed":
-        return f"run failed: {error or 'no error recorded'}"
-    return f"run did not finish (status {status!r}: still running, or killed)"
+        return _failure_text(manifest.get("error"))
+    if status == "stopped":
+        return status_text(manifest)
+    if status == "running":
+        where = f"({manifest.get('pid')} on {manifest.get('host')})"
+        state = process_state(manifest)
+        if state == "alive":
+            return f"still running: its process {where} is alive; check it once it has finished"
+        if state == "elsewhere":
+            return f"still marked running, by a process {where} on another host: alive or not, it cannot be told here"
+        return "run did not finish (status 'running': still running, or killed; no process recorded)"
+    return f"run did not finish (status {manifest.get('status')!r})"
+
+
+_SIGNALLED = re.compile(r"(?:terminated|interrupted) by SIG[A-Z0-9]+")
+
+
+def _failure_text(error: str | None) -> str:
+    """``run failed: <error>``; a run stopped by a signal reads as stopped from outside, not as a crash."""
+    if error and _SIGNALLED.match(error):
+        return f"run {error} before it finished (stopped from outside, not a crash of its own)"
+    return f"run failed: {error or 'no error recorded'}"
 
 
 def _label(path: Path, backbone: str) -> str:
@@ -375,9 +417,10 @@ class CheckResult:
         backbone, run: the run's backbone and label (see ``Run``).
         threshold: the bound checked; None for a run no threshold applies to.
         value: the figure the run has, or None when it has none.
-        passed: whether the gate lets it through (a skipped check passes).
+        passed: whether the gate lets it through (a run not checked is let through, but a
+            verdict that checked nothing never passes: see ``gate_passed``).
         message: ``"accuracy 0.931 >= 0.900"``, ``"recall_glioma = 0.812 < 0.850"``, or why not checked.
-        skipped: no threshold applies to this backbone.
+        checked: False for a finished run that no threshold applies to (reported as not checked).
     """
 
     run_dir: Path | None
@@ -387,7 +430,7 @@ class CheckResult:
     value: float | None
     passed: bool
     message: str
-    skipped: bool = False
+    checked: bool = True
 
     @property
     def id(self) -> str:
@@ -414,11 +457,73 @@ def check_run(run: Run, threshold: Threshold) -> CheckResult:
 
 
 def check_unthresholded(run: Run) -> CheckResult:
-    """A run whose backbone has no bounds: skipped, unless the run itself failed."""
+    """A run whose backbone has no bounds: not checked (reported, not failed), unless the run itself failed."""
     if run.problem is not None:
         return CheckResult(run.path, run.backbone, run.label, None, None, False, run.problem)
     return CheckResult(run.path, run.backbone, run.label, None, None, True,
-                       f"no thresholds for {run.backbone} (no [default] or [{run.backbone}] table)", skipped=True)
+                       f"no thresholds for {run.backbone} (no [default] or [{run.backbone}] table)",
+                       checked=False)
+
+
+def check_coverage(runs: Sequence[Run], table: Mapping[str, Sequence[Threshold]],
+                   thresholds_file: str | Path | None = None, require: Iterable[Threshold] = ()) -> None:
+    """Refuse thresholds that would let the gate pass without checking what they name.
+
+    Args:
+        runs: the runs found (``load_runs``).
+        table: the thresholds file's tables (``load_thresholds``), without ``require``.
+        thresholds_file: the file ``table`` came from, to name it in the message.
+        require: bounds from the command line (``--require [BACKBONE:]METRIC>=MINIMUM``).
+
+    Raises:
+        GateError: a ``[<backbone>]`` table or a ``--require backbone:...`` bound names a backbone
+            no run is of (a misspelt name, or a run missing), suggesting the nearest backbone
+            that has runs or is registered; or no threshold applies to any run, so nothing
+            would be checked. One message names every such table.
+    """
+    require = list(require)
+    have = sorted({run.backbone for run in runs})
+    problems = [f"{label} matches no run{_backbone_hint(name, have, suggest)}"
+                for name, label, suggest in _named_tables(table, thresholds_file, require) if name not in have]
+    merged = with_thresholds(table, require)
+    if not any(thresholds_for(backbone, merged) for backbone in have):
+        problems.insert(0, "nothing would be checked: no threshold applies to any run")
+    if problems:
+        raise GateError("; ".join(problems) + f"; the runs here are of {', '.join(have) or 'no backbone'}")
+
+
+def _named_tables(table: Mapping[str, Sequence[Threshold]], thresholds_file: str | Path | None,
+                  require: Sequence[Threshold]) -> Iterator[tuple[str, str, Callable[[str], str]]]:
+    """(backbone, how to name the table, how to write it for another backbone) for each backbone table."""
+    where = f" in {thresholds_file}" if thresholds_file is not None else ""
+    for name in table:
+        if name != DEFAULT:
+            yield name, f"[{name}]{where}", lambda other: f"[{other}]"
+    for t in require:
+        if t.backbone != DEFAULT:
+            yield t.backbone, f"--require {t.backbone}:{t}", lambda other, t=t: f"{other}:{t}"
+
+
+def _backbone_hint(name: str, have: Sequence[str], suggest: Callable[[str], str]) -> str:
+    """`` (did you mean [mobilenetv2]?)``: the nearest backbone with runs, else the nearest registered one."""
+    from backbones import is_backbone, list_backbones  # light: the registry imports no Keras
+
+    near_run = _nearest(name, have)
+    if near_run:
+        return f" (did you mean {suggest(near_run)}?)"
+    if is_backbone(name):
+        return ""  # a real backbone whose run is missing; the message lists the backbones that have runs
+    near_registered = _nearest(name, list_backbones())
+    if near_registered:
+        return f" (did you mean {suggest(near_registered)}? a registered backbone, though no run here is of it)"
+    return f" ({name} is not a registered backbone either; `python -m suite list` shows them)"
+
+
+def _nearest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to ``name``, ignoring case, or None when none is close."""
+    by_lower = {c.lower(): c for c in candidates if c != name}
+    near = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[near[0]] if near else None
 
 
 def check_runs(thresholds_file: str | Path | None, paths: Iterable[str | Path],
@@ -431,32 +536,45 @@ def check_runs(thresholds_file: str | Path | None, paths: Iterable[str | Path],
         require: extra bounds, e.g. from the command line; they replace file bounds on the same metric.
 
     Raises:
-        GateError: bad thresholds, no thresholds at all, or paths without runs.
+        GateError: bad thresholds, no thresholds at all, paths without runs, or thresholds that
+            would check nothing (see ``check_coverage``).
     """
-    table = load_thresholds(thresholds_file) if thresholds_file is not None else {}
-    table = with_thresholds(table, require)
+    file_table = load_thresholds(thresholds_file) if thresholds_file is not None else {}
+    require = list(require)
+    table = with_thresholds(file_table, require)
     if not any(table.values()):
         raise GateError("no thresholds to check: give a thresholds file with a [default] or [<backbone>] table, "
                         f"or bounds such as {_EXAMPLES}")
+    runs = load_runs(paths)
+    check_coverage(runs, file_table, thresholds_file, require)
     results = []
-    for run in load_runs(paths):
+    for run in runs:
         bounds = thresholds_for(run.backbone, table)
         results.extend([check_run(run, t) for t in bounds] if bounds else [check_unthresholded(run)])
     return results
 
 
+def gate_passed(results: Sequence[CheckResult]) -> bool:
+    """Whether the gate lets ``results`` through: something was checked and nothing failed."""
+    return any(r.checked for r in results) and all(r.passed for r in results)
+
+
 def format_verdict(results: Sequence[CheckResult]) -> str:
     """One line per check (``PASS  mobilenetv2  20261127-101500  accuracy 0.931 >= 0.900``), then
-    ``N passed, M failed`` (and ``K skipped`` when some runs had no thresholds)."""
+    ``N passed, M failed`` (and ``, K not checked`` when some runs had no thresholds); a verdict
+    that checked nothing says so on a last line, as it does not pass."""
+    wide_w = max((len(_word(r)) for r in results), default=4)
     wide_b = max((len(r.backbone) for r in results), default=0)
     wide_r = max((len(r.run) for r in results), default=0)
-    lines = [f"{_word(r):<5} {r.backbone:<{wide_b}}  {r.run:<{wide_r}}  {r.message}" for r in results]
-    passed = sum(r.passed and not r.skipped for r in results)
+    lines = [f"{_word(r):<{wide_w}}  {r.backbone:<{wide_b}}  {r.run:<{wide_r}}  {r.message}" for r in results]
+    passed = sum(r.passed and r.checked for r in results)
     failed = sum(not r.passed for r in results)
-    skipped = sum(r.skipped for r in results)
-    lines.append(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    unchecked = sum(not r.checked for r in results)
+    lines.append(f"{passed} passed, {failed} failed" + (f", {unchecked} not checked" if unchecked else ""))
+    if not any(r.checked for r in results):
+        lines.append("nothing was checked: that is not a pass")
     return "\n".join(lines)
 
 
 def _word(r: CheckResult) -> str:
-    return "SKIP" if r.skipped else "PASS" if r.passed else "FAIL"
+    return "NOT CHECKED" if not r.checked else "PASS" if r.passed else "FAIL"

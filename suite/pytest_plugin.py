@@ -8,6 +8,13 @@ test files); name test paths as well (``pytest tests/ --suite-runs ...``) to run
 the two options the plugin adds nothing. Registered through the ``pytest11`` entry point; when it
 is not installed, add ``-p suite.pytest_plugin``. Runs, thresholds and verdicts come from
 ``suite.gates``; this module only turns them into items.
+
+The session never passes vacuously. A ``[<backbone>]`` table that matches no run, or thresholds
+under which no run would be checked, is a usage error naming the table, with a "did you mean"
+(pytest exits 4, ``ExitCode.USAGE_ERROR``), as are a bad thresholds file and paths without runs.
+A run no threshold applies to gets one skipped item ("not checked"). A run that failed, was
+terminated by a signal, is stopped (still marked running, its process gone) or is still running
+fails each of its items, saying which (pytest exits 1).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         table = gates.load_thresholds(thresholds_file)
         found = gates.load_runs([here / p for p in runs])
+        gates.check_coverage(found, table, thresholds_file)
     except gates.GateError as exc:
         raise pytest.UsageError(str(exc)) from None
     only = config.args_source != pytest.Config.ArgsSource.ARGS
@@ -87,7 +95,7 @@ class RunGates(pytest.Collector):
         self.run, self.thresholds, self.gates = run, thresholds, gates
 
     def collect(self):
-        # A backbone without bounds still gets an item: skipped, or failed when the run failed.
+        # A backbone without bounds still gets an item: skipped (not checked), or failed when the run failed.
         for threshold in self.thresholds or [None]:
             name = str(threshold) if threshold else "thresholds"
             item = GateItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}", threshold=threshold)
@@ -114,8 +122,8 @@ class GateItem(pytest.Item):
         self.result = check_run(run, self.threshold) if self.threshold else check_unthresholded(run)
         self.user_properties += [("run_dir", str(run.path)), ("value", self.result.value),
                                  ("message", self.result.message)]
-        if self.result.skipped:
-            pytest.skip(self.result.message)
+        if not self.result.checked:
+            pytest.skip(f"not checked: {self.result.message}")
         if not self.result.passed:
             raise GateFailure(self.result.message)
 

@@ -42,11 +42,12 @@ def make_metrics(accuracy=0.931, macro_f1=0.912, recall=None, ci=(0.89, 0.96)) -
 
 
 def make_run(out: Path, stamp: str, backbone: str, metrics: dict | None = None, *, status="completed",
-             error=None) -> Path:
+             error=None, **manifest_fields) -> Path:
+    """A run folder; ``manifest_fields`` adds to its manifest (``pid=..., host=...``)."""
     run_dir = out / f"{stamp}-{backbone}"
     run_dir.mkdir(parents=True)
     manifest = {"schema": 1, "run_id": run_dir.name, "status": status, "error": error, "backbone": backbone,
-                "dataset": {"name": "phantom", "synthetic": True}}
+                "dataset": {"name": "phantom", "synthetic": True}, **manifest_fields}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     if metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -97,6 +98,12 @@ recall_glioma = 0.85
 @pytest.fixture
 def thresholds(tmp_path) -> Path:
     return write_toml(tmp_path / "thresholds.toml", THRESHOLDS)
+
+
+@pytest.fixture
+def default_thresholds(tmp_path) -> Path:
+    """Bounds for every backbone and no backbone table, for runs of any backbone."""
+    return write_toml(tmp_path / "default.toml", THRESHOLDS.split("[mobilenetv2]")[0])
 
 
 # -- Threshold ------------------------------------------------------------------------------------
@@ -329,9 +336,10 @@ def test_check_runs_applies_each_backbones_thresholds(runs, thresholds):
     ("running", None, None, "run did not finish (status 'running'"),
     ("completed", None, None, "metrics.json is missing"),
 ])
-def test_failed_or_incomplete_run_fails_every_check_saying_why(tmp_path, thresholds, status, error, metrics, hint):
+def test_failed_or_incomplete_run_fails_every_check_saying_why(tmp_path, default_thresholds, status, error, metrics,
+                                                               hint):
     run_dir = make_run(tmp_path / "runs", "20261127-101500", "vgg16", metrics, status=status, error=error)
-    results = check_runs(thresholds, [run_dir])
+    results = check_runs(default_thresholds, [run_dir])
     assert len(results) == 3 and not any(r.passed for r in results)
     assert all(hint in r.message and r.value is None for r in results)
 
@@ -345,10 +353,10 @@ def test_comparison_member_that_never_made_a_folder_fails(runs, thresholds):
     assert "failed before it made a run folder: RuntimeError: out of memory" in results[0].message
 
 
-def test_comparison_member_whose_folder_is_gone_fails(runs, thresholds):
+def test_comparison_member_whose_folder_is_gone_fails(runs, default_thresholds):
     gone = runs / "20261127-000000-resnet50"
     comparison = make_comparison(runs, "20261127-104000", [("resnet50", gone, "completed")])
-    results = check_runs(thresholds, [comparison])
+    results = check_runs(default_thresholds, [comparison])
     assert results and all("is missing" in r.message and not r.passed for r in results)
 
 
@@ -360,11 +368,15 @@ def test_verdict_has_a_line_per_check_and_a_summary(runs, thresholds):
     assert lines[-1] == "5 passed, 1 failed"
 
 
-def test_backbone_without_thresholds_is_skipped_not_passed_silently(runs, tmp_path):
-    only_vgg = write_toml(tmp_path / "vgg.toml", "[vgg16]\naccuracy = 0.9\n")
-    results = check_runs(only_vgg, [runs])
-    assert [(r.skipped, r.passed) for r in results] == [(True, True), (True, True)]
-    assert format_verdict(results).splitlines()[-1] == "0 passed, 0 failed, 2 skipped"
+def test_backbone_without_thresholds_is_reported_as_not_checked(runs, tmp_path):
+    only_mobile = write_toml(tmp_path / "mobile.toml", "[mobilenetv2]\naccuracy = 0.9\n")
+    results = check_runs(only_mobile, [runs])
+    assert [(r.backbone, r.checked, r.passed) for r in results] == [("mobilenetv2", True, True),
+                                                                    ("efficientnetb0", False, True)]
+    lines = format_verdict(results).splitlines()
+    assert lines[1].split()[:4] == ["NOT", "CHECKED", "efficientnetb0", "20261127-102000"]
+    assert lines[1].endswith("  no thresholds for efficientnetb0 (no [default] or [efficientnetb0] table)")
+    assert lines[-1] == "1 passed, 0 failed, 1 not checked"
 
 
 # -- check_command --------------------------------------------------------------------------------
@@ -393,6 +405,7 @@ def test_check_command_without_any_threshold_is_an_error(runs):
 def test_check_result_is_plain_data():
     result = CheckResult(None, "vgg16", "x", None, None, False, "run failed: boom")
     assert result.id == "vgg16[x]::thresholds"
+    assert result.checked
 
 
 # -- the pytest plugin ----------------------------------------------------------------------------
