@@ -236,6 +236,22 @@ def test_report_shows_leakage_and_thumbnails(result, tmp_path):
     assert "Training/no_tumor/notes.jpg" in html  # the skipped file is listed
 
 
+def test_what_discovery_skipped_is_counted_listed_and_reported(tmp_path):
+    root = make_dataset(tmp_path / "data", n_train=3, n_test=1)
+    glioma = root / "Training" / "glioma_tumor"
+    (glioma / "loop").symlink_to(".")
+    (glioma / "scan.jpg").mkdir()
+    (root / "Testing" / "everything").symlink_to("..")
+    found = audit(discover(root, check=False), progress=False, workers=1)
+    reasons = {s["path"]: s["reason"] for s in found["skipped"]}
+    assert set(reasons) == {"Training/glioma_tumor/loop", "Training/glioma_tumor/scan.jpg", "Testing/everything"}
+    assert "symbolic link loop" in reasons["Testing/everything"]
+    assert found["counts"]["files"] == found["counts"]["images"] + 3 == 4 * 4 + 3
+    _, html_path = write_audit(found, tmp_path / "out")
+    html = html_path.read_text(encoding="utf-8")
+    assert "Training/glioma_tumor/scan.jpg" in html and "folder named like an image" in html
+
+
 def test_report_renders_without_readable_images(result, tmp_path):
     moved = json.loads(json.dumps(result))
     moved["dataset"]["root"] = str(tmp_path / "gone")

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from suite.data import decode as decode_mod
+from suite.data.audit import audit
 from suite.data.dataset import prepare_data
-from suite.data.decode import decode_image, load_images
+from suite.data.decode import MAX_PIXELS, decode_image, load_images
 from suite.data.discover import canonical_label, discover
 from suite.data.splits import make_split
 from suite.errors import DataError
 from tests.imagegen import make_dataset
+
+PREPARE = dict(image_size=32, val_fraction=0.2, test_fraction=0.2, seed=0, progress=False)
 
 # --- discovery -----------------------------------------------------------------------
 
@@ -92,6 +102,147 @@ def test_class_with_no_readable_image(tmp_path):
     with pytest.raises(DataError, match="no readable images.*junk"):
         prepare_data(discover(tmp_path), image_size=32, val_fraction=0.1, test_fraction=0.2, seed=0,
                      progress=False)
+
+
+def test_data_that_is_a_file_says_so(tmp_path):
+    archive = tmp_path / "sartaj.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataError, match=r"dataset path is a file, not a folder: .*sartaj\.zip"):
+        discover(archive)
+    with pytest.raises(DataError, match="dataset folder not found"):
+        discover(tmp_path / "missing")
+
+
+def test_a_class_too_small_to_split_is_named_as_plain_text(tmp_path):
+    make_dataset(tmp_path, layout="flat", folders=("glioma", "meningioma"), n_train=3, n_test=0)
+    for extra in sorted((tmp_path / "glioma").iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(DataError) as caught:
+        prepare_data(discover(tmp_path), **PREPARE)
+    assert "class 'glioma' has 1 image(s)" in str(caught.value) and "np." not in str(caught.value)
+
+
+# --- what discovery skips, and says why ------------------------------------------------
+
+def _odd_tree(root: Path) -> dict[str, Path]:
+    """Beside ``make_dataset``'s images: nested folders, links, a folder named like an image."""
+    make_dataset(root, layout="flat", folders=("glioma", "no_tumor"), n_train=4, n_test=0)
+    glioma = root / "glioma"
+    src = glioma / "image(0) é.png"
+    nested = glioma / "scan 7" / "slices"
+    nested.mkdir(parents=True)
+    shutil.copyfile(src, nested / "deep.png")
+    named_like_image = glioma / "x.jpg"
+    named_like_image.mkdir()
+    shutil.copyfile(src, named_like_image / "inside.png")
+    planted = {"nested": nested / "deep.png", "folder_like_image": named_like_image,
+               "inside_folder_like_image": named_like_image / "inside.png",
+               "loop_up": glioma / "scan 7" / "up", "loop_self": glioma / "self", "broken": glioma / "broken.png",
+               "linked_file": glioma / "linked.png", "fifo": glioma / "pipe.jpg"}
+    planted["loop_up"].symlink_to("..")  # scan 7/up -> glioma: a loop through a folder above
+    planted["loop_self"].symlink_to("self")  # a link to itself
+    planted["broken"].symlink_to("nowhere.png")
+    planted["linked_file"].symlink_to(src.name)
+    os.mkfifo(planted["fifo"])
+    return planted
+
+
+def test_nested_folders_are_read_and_every_odd_entry_is_skipped_with_a_reason(tmp_path):
+    planted = _odd_tree(tmp_path)
+    index = discover(tmp_path)
+    found = {e.path for e in index.entries}
+    skipped = {s.path: s.reason for s in index.skipped}
+    assert planted["nested"] in found and planted["linked_file"] in found
+    assert planted["inside_folder_like_image"] not in found
+    assert "folder named like an image" in skipped[planted["folder_like_image"]]
+    assert "symbolic link loop" in skipped[planted["loop_up"]] and str(tmp_path / "glioma") in \
+        skipped[planted["loop_up"]]
+    assert "symbolic link loop" in skipped[planted["loop_self"]]
+    assert "broken symbolic link" in skipped[planted["broken"]]
+    assert "not a regular file" in skipped[planted["fifo"]]
+    assert len(skipped) == 5 and all(s.label == "glioma" and s.split == "pool" for s in index.skipped)
+
+
+def test_discovery_skips_are_listed_by_the_data_stage_and_the_audit(tmp_path):
+    planted = _odd_tree(tmp_path)
+    index = discover(tmp_path)
+    data = prepare_data(index, **PREPARE)
+    listed = {s["path"]: s["reason"] for s in data.skipped}
+    assert {str(planted[k]) for k in ("folder_like_image", "loop_up", "loop_self", "broken", "fifo")} <= set(listed)
+    assert len(data.entries) + len(data.skipped) == len(index.entries) + len(index.skipped)
+
+    result = audit(index, progress=False, workers=1)
+    assert result["counts"]["files"] == result["counts"]["images"] + len(result["skipped"])
+    rows = {row["path"]: row for row in result["skipped"]}
+    assert rows["glioma/x.jpg"] == {"path": "glioma/x.jpg", "split": "pool", "label": "glioma",
+                                    "reason": listed[str(planted["folder_like_image"])]}
+
+
+def test_a_link_among_class_folders_back_to_the_dataset_is_not_a_class(tmp_path):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    (tmp_path / "Training" / "everything").symlink_to("..")
+    (tmp_path / "Testing" / "itself").symlink_to("itself")
+    index = discover(tmp_path)
+    assert index.labels == ("glioma", "meningioma", "pituitary", "no_tumor")
+    reasons = {s.path.name: s.reason for s in index.skipped}
+    assert set(reasons) == {"everything", "itself"} and all("symbolic link loop" in r for r in reasons.values())
+
+
+def test_a_class_folder_with_nothing_to_read_names_what_it_holds(tmp_path):
+    make_dataset(tmp_path, n_train=2, n_test=1)
+    only_loop = tmp_path / "Training" / "extra_class"
+    only_loop.mkdir()
+    (only_loop / "self").symlink_to("self")
+    with pytest.raises(DataError, match=r"no files to read: .*extra_class.*'self': symbolic link loop"):
+        discover(tmp_path)
+
+
+# --- the pixel limit ---------------------------------------------------------------------
+
+def png_with_size(path: Path, width: int, height: int, *, pixels: bool = False) -> Path:
+    """A greyscale PNG whose header says ``width`` x ``height``. Its pixel data is only complete
+    with ``pixels`` (streamed through zlib, so the test never holds the image in memory);
+    otherwise one row follows, as in a bomb that relies on the header alone."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(), bytes(width + 1)  # filter byte + a black row
+    idat = b"".join(packer.compress(row) for _ in range(height if pixels else 1)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width,height,dims", [
+    (9000, 9000, True),  # over our limit, under Pillow's: Pillow would decode it
+    (12000, 12000, True),  # over Pillow's warning limit
+    (20000, 20000, False),  # over twice Pillow's limit: Pillow refuses it from the header
+])
+def test_an_image_over_the_pixel_limit_is_skipped_with_its_size_and_the_limit(tmp_path, width, height, dims):
+    big = png_with_size(tmp_path / "big.png", width, height)
+    reason = load_images([big], 32, progress=False).reasons[0]
+    assert reason.startswith("image too large") and f"{width * height / 1e6:.1f} megapixels" in reason
+    assert f"limit of {MAX_PIXELS / 1e6:.1f} megapixels" in reason
+    assert (f"{width}x{height} px" in reason) == dims
+
+
+def test_an_image_just_under_the_limit_is_decoded(tmp_path):
+    side = int(MAX_PIXELS ** 0.5)
+    assert side * side <= MAX_PIXELS
+    edge = png_with_size(tmp_path / "edge.png", side, side, pixels=True)
+    assert load_images([edge], 32, progress=False).reasons == (None,)
+
+
+def test_no_decompression_bomb_warning_reaches_stderr(tmp_path):
+    bombs = [png_with_size(tmp_path / f"{w}.png", w, w) for w in (9000, 12000, 20000)]
+    code = ("import sys, json; from suite.data.decode import load_images; "
+            "print(json.dumps(load_images(sys.argv[1:], 32, progress=False).reasons))")
+    env = {**os.environ, "SUITE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-c", code, *map(str, bombs)], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert all(r.startswith("image too large") for r in json.loads(done.stdout))
 
 
 # --- decoding ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suite.data.decode import load_images
+from suite.data.decode import Log, load_images, stderr_line
 from suite.data.discover import DatasetIndex
 from suite.data.duplicates import (
     DEFAULT_THRESHOLD,
@@ -58,6 +58,7 @@ def audit(
     progress: bool = True,
     workers: int | None = None,
     examples: int = MAX_EXAMPLES,
+    log: Log = stderr_line,
 ) -> dict:
     """Audit every file of a discovered dataset.
 
@@ -72,6 +73,7 @@ def audit(
         progress: show a progress bar while decoding.
         workers: decoding processes (``None``: every core).
         examples: example pairs kept per category.
+        log: where a warning line goes (a cache entry that failed verification); default: stderr.
 
     Returns:
         A JSON-ready dict: ``dataset``, ``created``, ``settings``, ``counts``, ``headers``,
@@ -79,12 +81,14 @@ def audit(
         ``cross_split_near``, ``cross_split_cluster``, ``cross_split_by_class``,
         ``leakage``, ``label_conflicts``, ``label_conflict_images``, ``examples``,
         ``files`` (one row per file, with its ``cluster`` id), ``cache_hit`` and
-        ``timings``. Paths are relative to the dataset root.
+        ``timings``. Paths are relative to the dataset root. ``skipped`` lists the files that
+        did not decode, then what discovery skipped (link loops, folders named like images);
+        ``counts["files"]`` counts both with the images, so it is ``images + len(skipped)``.
     """
     started = time.perf_counter()
     entries = index.entries
     paths = [e.path for e in entries]
-    decoded = load_images(paths, image_size, workers=workers, progress=progress)
+    decoded = load_images(paths, image_size, workers=workers, progress=progress, log=log)
     decoded_at = time.perf_counter()
     headers = [read_header(p) for p in paths]
     headers_at = time.perf_counter()
@@ -99,7 +103,9 @@ def audit(
         "settings": _settings(image_size, threshold, tol),
         "counts": _counts(index, ok),
         "headers": header_histograms(headers),
-        "skipped": [{**facts.file(i), "reason": r} for i, r in enumerate(decoded.reasons) if r is not None],
+        "skipped": ([{**facts.file(i), "reason": r} for i, r in enumerate(decoded.reasons) if r is not None]
+                    + [{"path": _relative(s.path, index.root), "split": s.split, "label": s.label, "reason": s.reason}
+                       for s in index.skipped]),
         "exact": facts.pair_summary(dup["exact_pairs"]),
         "near": {"candidates": dup["candidates"], **facts.pair_summary(dup["near_pairs"])},
         "clusters": facts.cluster_summary(),
@@ -205,8 +211,8 @@ def _counts(index: DatasetIndex, ok: np.ndarray) -> dict:
     def plain(d):
         return {s: {k: c[k] for k in sorted(c, key=order.get)} for s, c in d.items()}
 
-    return {"files": len(index.entries), "images": int(ok.sum()), "files_by_split_class": plain(by_split),
-            "images_by_split_class": plain(images)}
+    return {"files": len(index.entries) + len(index.skipped), "images": int(ok.sum()),
+            "files_by_split_class": plain(by_split), "images_by_split_class": plain(images)}
 
 
 class _Facts:

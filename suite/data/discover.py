@@ -7,16 +7,23 @@ Two layouts are understood:
   the validation set);
 * ``flat``: ``DIR/<class>/``, which the suite splits itself.
 
-Every file under a class folder is listed, whatever its name: deciding what is an
-image is the decoder's job, so ``.DS_Store`` or a text file named ``.jpg`` is counted
-and reported as skipped rather than silently ignored.
+Every file under a class folder, in sub-folders too (links to folders followed), is listed
+whatever its name: deciding what is an image is the decoder's job, so ``.DS_Store`` or a text
+file named ``.jpg`` is counted and reported as skipped rather than silently ignored. What is
+not a file to decode is listed in ``DatasetIndex.skipped`` with its reason, never dropped
+silently: a symbolic link loop, a broken link, a folder named like an image (``x.jpg/``, whose
+contents are not read), a device or FIFO, a folder that cannot be listed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from suite.errors import DataError
@@ -56,6 +63,13 @@ SPLIT_ALIASES = {
 
 CARD_NAME = "dataset.json"
 
+# A folder under a class folder named with one of these suffixes is skipped, not read: whatever made it
+# (an unpacked archive, a script that made a folder where it meant a file) did not mean an image folder,
+# and a user reading the skipped list sees "x.jpg" where they expected an image.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                            ".webp", ".pgm", ".ppm", ".pnm", ".pbm", ".jp2", ".j2k", ".dcm", ".dicom"})
+SELF_LOOP = "symbolic link loop (the link leads back to itself); not followed"
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -73,8 +87,21 @@ class Entry:
 
 
 @dataclasses.dataclass(frozen=True)
+class Skipped:
+    """Something found under the dataset folder that is not a file to decode, and why."""
+
+    path: Path
+    reason: str
+    split: str  # as for Entry
+    label: str  # the class folder's label; "" outside any class folder
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "reason": self.reason}
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetIndex:
-    """What :func:`discover` found: files, labels and the dataset's card."""
+    """What :func:`discover` found: files, labels, the dataset's card, and what was skipped."""
 
     root: Path
     layout: str
@@ -82,6 +109,7 @@ class DatasetIndex:
     labels: tuple[str, ...]
     class_folders: dict[str, list[str]]
     card: dict
+    skipped: tuple[Skipped, ...] = ()
 
     @property
     def synthetic(self) -> bool:
@@ -126,30 +154,66 @@ def discover(root: str | Path, *, check: bool = True) -> DatasetIndex:
         DataError: no such folder, an empty class folder, fewer than two classes, or
             a test class that training lacks. The message names the folder.
     """
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}")
+    root = _dataset_root(root)
     split_dirs = _split_dirs(root)
+    found = _Found()
     if split_dirs:
-        layout, entries = "split", _split_entries(root, split_dirs)
+        layout = "split"
+        for split, folder in sorted(split_dirs.items()):
+            _class_entries(folder, split, found, {_identity(root): root})
     else:
-        layout, entries = "flat", _class_entries(root, "pool")
-    labels = order_labels(e.label for e in entries)
+        layout = "flat"
+        _class_entries(root, "pool", found, {})
     index = DatasetIndex(
         root=root,
         layout=layout,
-        entries=tuple(entries),
-        labels=labels,
-        class_folders=_class_folders(entries),
+        entries=tuple(found.entries),
+        labels=order_labels(e.label for e in found.entries),
+        class_folders=_class_folders(found.entries),
         card=_read_card(root),
+        skipped=tuple(found.skipped),
     )
     if check:
         check_classes(index)
     return index
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _dataset_root(root: str | Path) -> Path:
+    root = Path(root).expanduser().resolve()
+    if root.is_dir():
+        return root
+    if not root.exists():
+        raise DataError(f"dataset folder not found: {root}")
+    what = "a file, not a folder" if root.is_file() else "not a folder"
+    raise DataError(f"dataset path is {what}: {root} (give the folder that holds the class folders)")
+
+
+@dataclasses.dataclass
+class _Found:
+    entries: list[Entry] = dataclasses.field(default_factory=list)
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+
+
+def _visible_dirs(folder: Path, found: _Found | None = None, split: str = "") -> list[Path]:
+    """The sub-folders of ``folder`` not hidden by a leading dot; a link that loops onto itself is
+    added to ``found.skipped``."""
+    dirs = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            dirs.append(p)
+        elif found is not None and p.is_symlink() and _stat_errno(p) == errno.ELOOP:
+            found.skipped.append(Skipped(p, SELF_LOOP, split, ""))
+    return dirs
+
+
+def _stat_errno(path: Path) -> int | None:
+    try:
+        path.stat()
+    except OSError as exc:
+        return exc.errno
+    return None
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
@@ -168,25 +232,114 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _split_entries(root: Path, split_dirs: dict[str, Path]) -> list[Entry]:
-    entries: list[Entry] = []
-    for split, folder in sorted(split_dirs.items()):
-        entries.extend(_class_entries(folder, split))
-    return entries
+def _class_entries(folder: Path, split: str, found: _Found, above: dict) -> None:
+    """Add the files of every class folder under ``folder`` to ``found``, and what was skipped.
 
-
-def _class_entries(folder: Path, split: str) -> list[Entry]:
-    class_dirs = _visible_dirs(folder)
+    Args:
+        above: ``{identity: path}`` of the folders above ``folder``, to tell a link loop.
+    """
+    above = {**above, _identity(folder): folder}
+    class_dirs = []
+    for d in _visible_dirs(folder, found, split):
+        if _identity(d) in above:  # a link back up: a class "folder" holding the whole dataset
+            found.skipped.append(Skipped(d, _loop_reason(above[_identity(d)]), split, ""))
+        else:
+            class_dirs.append(d)
     if not class_dirs:
         raise DataError(f"no class folders in {folder}: expected one sub-folder per class")
-    entries: list[Entry] = []
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file())
-        if not files:
-            raise DataError(f"class folder is empty: {class_dir}")
         label = canonical_label(class_dir.name)
-        entries.extend(Entry(path=p, label=label, split=split, class_dir=class_dir) for p in files)
-    return entries
+        files, skipped = [], []
+        for path, reason in walk_files(class_dir, above):
+            if reason is None:
+                files.append(Entry(path=path, label=label, split=split, class_dir=class_dir))
+            else:
+                skipped.append(Skipped(path, reason, split, label))
+        if not files:
+            raise DataError(_no_files_message(class_dir, skipped))
+        found.entries.extend(files)
+        found.skipped.extend(skipped)
+
+
+def _no_files_message(class_dir: Path, skipped: list[Skipped]) -> str:
+    if not skipped:
+        return f"class folder is empty: {class_dir}"
+    first = skipped[0]
+    return (f"class folder has no files to read: {class_dir} ({len(skipped)} skipped; "
+            f"{first.path.name!r}: {first.reason})")
+
+
+def walk_files(top: Path, above: dict | None = None) -> Iterator[tuple[Path, str | None]]:
+    """Every file under ``top`` (sub-folders and links to folders followed), in sorted path order,
+    as ``(path, None)``; whatever is not a file to read as ``(path, reason)``.
+
+    Args:
+        top: the folder to walk.
+        above: ``{identity: path}`` of folders above ``top``: a link to one of them, or to a
+            folder on the way down, is a loop.
+    """
+    # An explicit stack, not recursion: however deep the folders, no RecursionError.
+    stack: list = []
+    yield from _enter(stack, top, {**(above or {}), _identity(top): top})
+    while stack:
+        folder, children, ancestors = stack[-1]
+        entry = next(children, None)
+        if entry is None:
+            stack.pop()
+            continue
+        kind, detail = _classify(entry, ancestors)
+        path = folder / entry.name
+        if kind == "dir":
+            yield from _enter(stack, path, {**ancestors, detail: path})
+        else:
+            yield path, detail
+
+
+def _enter(stack: list, folder: Path, ancestors: dict) -> Iterator[tuple[Path, str]]:
+    """Push ``folder``'s entries (``os.DirEntry``, sorted by name) on ``stack``, or yield why it
+    cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        yield folder, f"folder cannot be read: {exc.strerror or exc}"
+        return
+    stack.append((folder, iter(entries), ancestors))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _classify(entry: os.DirEntry, ancestors: dict) -> tuple[str, object]:
+    """``("file", None)``, ``("dir", identity)`` or ``("skip", reason)``."""
+    try:
+        if entry.is_file():  # follows links; for a plain file the listing says so, without a stat call
+            return "file", None
+        st = entry.stat()
+    except OSError as exc:
+        return "skip", _stat_problem(Path(entry.path), exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return "skip", "not a regular file (a device, FIFO or socket)"
+    identity = (st.st_dev, st.st_ino)
+    if identity in ancestors:
+        return "skip", _loop_reason(ancestors[identity])
+    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+        return "skip", "a folder named like an image file: not an image, and its contents are not read"
+    return "dir", identity
+
+
+def _stat_problem(path: Path, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return SELF_LOOP
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        return "broken symbolic link (its target does not exist)"
+    return f"cannot be read: {exc.strerror or exc}"
+
+
+def _loop_reason(target: Path) -> str:
+    return f"symbolic link loop: leads back to {target}, a folder above it; not followed"
 
 
 def _class_folders(entries) -> dict[str, list[str]]:

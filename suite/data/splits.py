@@ -40,8 +40,8 @@ def stratified_holdout(labels: np.ndarray, rows: np.ndarray, fraction: float, rn
     for label in np.unique(labels[rows]):
         members = rows[labels[rows] == label]
         if len(members) < 2:
-            raise DataError(
-                f"class {label!r} has {len(members)} image(s): at least 2 are needed "
+            raise DataError(  # str(): a numpy string's repr would read np.str_('glioma')
+                f"class {str(label)!r} has {len(members)} image(s): at least 2 are needed "
                 f"to hold some out for {what}"
             )
         members = rng.permutation(members)
@@ -135,5 +135,5 @@ def split_fingerprint(split: Split, keys) -> str:
     h = hashlib.sha256()
     for name, rows in split.parts().items():
         for key in sorted(keys[i] for i in rows):
-            h.update(f"{name}\t{key}\n".encode())
+            h.update(f"{name}\t{key}\n".encode("utf-8", "surrogateescape"))  # names UTF-8 cannot spell too
     return h.hexdigest()[:16]
