@@ -41,7 +41,14 @@ _CATEGORY_TEXT = {
     "within_split_exact": ("Within-split exact duplicates", "Byte-identical files inside one split."),
     "within_split_near": ("Within-split near duplicates", "Pixel-confirmed near copies inside one split."),
     "label_conflicts": ("Label conflicts", "The same or a near-same image filed under two labels."),
+    "cross_split_group": ("Patients across splits",
+                          "A test image whose patient group (from the groups file) also has images in training "
+                          "(or validation): a model may have seen this patient's anatomy. Shown beside the "
+                          "group's first training image."),
 }
+# Shown only when the audit has them (an audit without a groups file has no patient groups).
+_OPTIONAL_CATEGORIES = ("cross_split_group",)
+HIDDEN = "hidden"  # the skip reason of a hidden name (suite.data.discover.HIDDEN)
 
 
 def _side(file: Mapping, root: pathlib.Path, cache: dict) -> dict:
@@ -57,6 +64,8 @@ def _example_sections(examples: Mapping, root: pathlib.Path) -> list[dict]:
     cache: dict = {}
     sections = []
     for key, (title, text) in _CATEGORY_TEXT.items():
+        if key in _OPTIONAL_CATEGORIES and key not in examples:
+            continue
         block = as_dict(examples.get(key))
         pairs = []
         for item in as_list(block.get("shown")):
@@ -65,6 +74,7 @@ def _example_sections(examples: Mapping, root: pathlib.Path) -> list[dict]:
                 "a": _side(as_dict(item.get("a")), root, cache),
                 "b": _side(as_dict(item.get("b")), root, cache),
                 "kind": str(item.get("kind") or ""),
+                "group": None if item.get("group") is None else str(item.get("group")),
                 "distance": fmt_value(item.get("distance")),
                 "score": DASH if score is None else f"{float(score):.3f}",
             })
@@ -116,6 +126,12 @@ def _headline(result: Mapping) -> list[dict]:
         items.append({"value": fmt_int(value) if applicable else "n/a", "label": label,
                       "detail": f"{fmt_share(value, n_test)} of {fmt_int(n_test)} test images" if applicable else "",
                       "alert": applicable and value > 0})
+    if "cross_split_group" in result:
+        value = int(result.get("cross_split_group") or 0)
+        items.append({"value": fmt_int(value) if applicable else "n/a",
+                      "label": "test images whose patient is also in training",
+                      "detail": f"{fmt_share(value, n_test)} of {fmt_int(n_test)} test images" if applicable else "",
+                      "alert": applicable and value > 0})
     items.append({"value": fmt_int(result.get("label_conflicts")), "label": "label conflicts (clusters)",
                   "detail": f"{fmt_int(result.get('label_conflict_images'))} images involved",
                   "alert": bool(result.get("label_conflicts"))})
@@ -137,11 +153,18 @@ def _banners(result: Mapping) -> list[dict]:
             f"{fmt_int(result.get('cross_split_near'))} of {fmt_int(leak.get('test_images'))} test images have an "
             f"exact or near twin in training ({fmt_int(result.get('cross_split_exact'))} byte-identical): "
             "accuracy on the official test split is inflated."))
+    if leak.get("applicable") and result.get("cross_split_group"):
+        groups = as_dict(result.get("groups"))
+        banners.append(banner(
+            "error", "Patients straddle the official split",
+            f"{fmt_int(result.get('cross_split_group'))} of {fmt_int(leak.get('test_images'))} test images belong to "
+            f"{fmt_int(groups.get('groups_across_splits'))} patient groups that also have training images: "
+            "accuracy on the official test split is not accuracy on new patients."))
     if result.get("label_conflicts"):
         banners.append(banner("warning", "Label conflicts",
                               f"{fmt_int(result.get('label_conflicts'))} groups of the same image carry "
                               "more than one label."))
-    skipped = as_list(result.get("skipped"))
+    skipped = [s for s in map(as_dict, as_list(result.get("skipped"))) if s.get("reason") != HIDDEN]
     if skipped:
         banners.append(banner("warning", "Skipped files",
                               f"{len(skipped)} files could not be decoded as images; see the list below."))
@@ -156,10 +179,35 @@ def _leakage_context(result: Mapping) -> dict:
         "headline": _headline(result),
         "leakage_applicable": bool(leak.get("applicable")),
         "leakage_note": str(leak.get("note") or ""),
-        "by_class": [{"label": str(label), "test": fmt_int(v.get("test")),
-                      "exact": fmt_int(v.get("exact")), "exact_pct": fmt_share(v.get("exact"), v.get("test")),
-                      "near": fmt_int(v.get("near")), "near_pct": fmt_share(v.get("near"), v.get("test"))}
+        "by_class": [_class_row(str(label), as_dict(v))
                      for label, v in as_dict(result.get("cross_split_by_class")).items()],
+        "by_class_groups": "cross_split_group" in result,
+        "groups": _groups_context(result),
+    }
+
+
+def _class_row(label: str, v: Mapping) -> dict:
+    row = {"label": label, "test": fmt_int(v.get("test"))}
+    for key in ("exact", "near", "group"):
+        row[key], row[f"{key}_pct"] = fmt_int(v.get(key)), fmt_share(v.get(key), v.get("test"))
+    return row
+
+
+def _groups_context(result: Mapping) -> dict | None:
+    """The patient-groups file against the dataset, or ``None`` when the audit had none."""
+    if "groups" not in result:
+        return None
+    groups = as_dict(result.get("groups"))
+    return {
+        "file": str(groups.get("file") or ""),
+        "rows": [{"key": key, "value": fmt_int(groups.get(name))} for key, name in (
+            ("paths listed", "listed"), ("groups with images", "groups"), ("images in a group", "grouped_images"),
+            ("images in the largest group", "largest"), ("images without a group (each its own)", "ungrouped"),
+            ("listed paths that are not images of the dataset", "missing"),
+            ("test images whose group is also in training", "test_sharing_group"),
+            ("groups in both test and training", "groups_across_splits"))],
+        "missing": [str(p) for p in as_list(groups.get("missing_examples"))],
+        "ungrouped": [str(p) for p in as_list(groups.get("ungrouped_examples"))],
     }
 
 
@@ -172,6 +220,7 @@ def _contents_context(result: Mapping, dataset: Mapping) -> dict:
     return {
         "n_files": fmt_int(counts.get("files")),
         "n_images": fmt_int(counts.get("images")),
+        "n_hidden": int(counts.get("hidden") or 0),
         "class_counts": table,
         "dup_splits": table["splits"],
         "dup_rows": _duplicate_rows(result, table["splits"]),

@@ -5,6 +5,12 @@ the run folders it points to; ``comparison_context`` builds a flat dict of plain
 and embedded figures (the leaderboard in the one schema of :mod:`suite.metrics`);
 ``render_comparison`` fills ``comparison.html.j2`` and ``write_comparison_report`` writes the
 page into the folder. Only reads folders: never imports Keras or TensorFlow.
+
+A comparison trained under several seeds (``suite compare --seeds N``) has one leaderboard
+row per backbone holding the mean over its seeds and their spread, a per-seed leaderboard
+(``runs.SEEDS_JSON``), every replicate listed under its backbone's ``seeds`` and pairwise
+tests by a bootstrap over images and seeds; the report then adds the seed spread and links
+every replicate. A comparison without seeds renders as it always has.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ from reports.toolkit import (
     fmt_created,
     fmt_p,
     fmt_params,
+    fmt_pct,
     fmt_seconds,
     fmt_unit,
     fmt_value,
     href,
     input_banners,
     key_value_rows,
+    pair,
     read_csv,
     read_json,
     render,
@@ -45,13 +53,32 @@ from reports.toolkit import (
     write_html,
 )
 from suite import runs
-from suite.metrics import leaderboard_columns, leaderboard_row, leaderboard_sort_key
+from suite.metrics import leaderboard_columns, leaderboard_row, leaderboard_sort_key, seed_summary_row
+from suite.stats import SEED_METHOD
 
 GRADCAM_SIZE = 112
 DEFAULT_ALPHA = 0.05
 NO_COLOUR = "#9ca3af"
 # Leaderboard columns that hold text (or the tier), not a figure.
 TEXT_COLUMNS = ("backbone", "status", "tier", "error")
+# The "Seed spread" section, which the leaderboard of a seeded comparison links to.
+SEEDS_ANCHOR = "#seeds"
+# McNemar's two variants (suite.stats.mcnemar's ``method``), as the report names them.
+MCNEMAR_METHODS = {"exact": "exact binomial", "chi2": "chi-square"}
+
+# What the leaderboard of a seeded comparison shows (under the table).
+SEED_NOTE = (
+    "Each backbone was trained under {n} seeds on the same split. Accuracy and macro F1 read mean \u00b1 SD "
+    "(seeds): the mean over the backbone's seeds, \u00b1 the standard deviation across them; every other "
+    "figure in these tables is a mean over the seeds too. The interval in brackets is the test-set "
+    "uncertainty of one training (the mean of the seeds' own 95% confidence intervals): it leaves out the "
+    "seed-to-seed spread that \u00b1 shows."
+)
+SEED_TIERS = "Tiers come from {test} for every pair of backbones, Holm-corrected."
+SEED_FIGURES = (
+    "The confusion matrices, per-class F1, ROC curves, calibration, training curves and Grad-CAM maps below "
+    "show each backbone's first seed; the seed spread shows every seed."
+)
 
 # What a tier means, as the report states it (the rule is suite.stats.tie_groups).
 TIER_SENTENCE = (
@@ -68,39 +95,84 @@ TIER_SENTENCE = (
 # ----------------------------------------------------------------------------------
 
 
+def _int(value) -> int | None:
+    """A whole number out of JSON or a CSV cell (``"2"``, ``2.0``); ``None`` for blanks and junk."""
+    number = to_float(value)
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
+def _run_fields(raw: Mapping) -> dict:
+    """``run_dir``, ``status`` and ``error`` of a ``runs`` entry or of one of its replicates, as text."""
+    return {"run_dir": str(raw["run_dir"]) if raw.get("run_dir") else None,
+            "status": str(raw.get("status") or "unknown"), "error": str(raw.get("error") or "")}
+
+
 def run_entries(comparison: Mapping) -> list[dict]:
-    """The comparison record's ``runs`` list, every field normalised to text (entries without a backbone dropped)."""
+    """The comparison record's ``runs`` list, every field normalised to text (entries without a backbone dropped).
+
+    Each entry also has ``replicates``: its ``seeds`` list (every training replicate of the
+    backbone, each with ``replicate``, ``run_dir``, ``status`` and ``error``), empty in a
+    comparison without seeds.
+    """
     entries = []
     for raw in as_list(comparison.get("runs")):
         raw = as_dict(raw)
         if raw.get("backbone") is None:
             continue
-        entries.append({
-            "backbone": str(raw["backbone"]),
-            "run_dir": str(raw["run_dir"]) if raw.get("run_dir") else None,
-            "status": str(raw.get("status") or "unknown"),
-            "error": str(raw.get("error") or ""),
-        })
+        replicates = [_replicate_entry(item, index) for index, item in enumerate(as_list(raw.get("seeds")))]
+        entries.append({"backbone": str(raw["backbone"]), **_run_fields(raw), "replicates": replicates})
     return entries
 
 
-def _load_member(comp_dir: pathlib.Path, entry: Mapping, problems: list[str]) -> dict | None:
-    """The :func:`~reports.run.load_run` dict of one member run (its folder relative to ``comp_dir``), or ``None``."""
+def _replicate_entry(raw, index: int) -> dict:
+    """One item of an entry's ``seeds`` list, normalised; its position stands in for a missing ``replicate``."""
+    raw = as_dict(raw)
+    number = _int(raw.get("replicate"))
+    return {"replicate": index if number is None else number, **_run_fields(raw)}
+
+
+def seed_count(comparison: Mapping) -> int:
+    """Training seeds per backbone: the record's ``seeds``, else the longest ``seeds`` list; 1 without seeds."""
+    recorded = _int(comparison.get("seeds"))
+    if recorded is not None and recorded >= 1:
+        return recorded
+    return max([1, *(len(entry["replicates"]) for entry in run_entries(comparison))])
+
+
+def _load_member(comp_dir: pathlib.Path, entry: Mapping, problems: list[str], who: str | None = None) -> dict | None:
+    """The :func:`~reports.run.load_run` dict of one member run (its folder relative to ``comp_dir``), or ``None``.
+
+    ``who`` names the run in ``problems`` (default: its backbone).
+    """
+    who = who or entry["backbone"]
     if not entry["run_dir"]:
         return None
     try:
         run = load_run(comp_dir / entry["run_dir"])
     except FileNotFoundError as exc:
         if entry["status"] == "completed":
-            problems.append(f"{entry['backbone']}: {exc}")
+            problems.append(f"{who}: {exc}")
         return None
-    problems.extend(f"{entry['backbone']}: {text}" for text in run["problems"])
+    problems.extend(f"{who}: {text}" for text in run["problems"])
     return run
 
 
-def load_leaderboard(comp_dir: pathlib.Path, problems: list[str]) -> list[dict]:
-    """Rows of the JSON leaderboard (typed), else of the CSV one (text cells); empty when neither is there."""
-    path, csv_path = comp_dir / runs.LEADERBOARD_JSON, comp_dir / runs.LEADERBOARD_CSV
+def _load_replicates(comp_dir: pathlib.Path, entries: Sequence[Mapping], members: Mapping,
+                     problems: list[str]) -> dict[str, dict[int, dict | None]]:
+    """``{backbone: {replicate: load_run dict or None}}`` for every replicate (a member's own folder not read twice)."""
+    loaded = {}
+    for entry in entries:
+        loaded[entry["backbone"]] = {
+            rep["replicate"]: members.get(entry["backbone"]) if rep["run_dir"] == entry["run_dir"] else
+            _load_member(comp_dir, {**rep, "backbone": entry["backbone"]}, problems,
+                         f"{entry['backbone']} (replicate {rep['replicate']})")
+            for rep in entry["replicates"]}
+    return loaded
+
+
+def _load_table(comp_dir: pathlib.Path, json_name: str, csv_name: str, problems: list[str]) -> list[dict] | None:
+    """Rows of a JSON table (typed), else of its CSV twin (text cells); ``None`` when neither file is there."""
+    path, csv_path = comp_dir / json_name, comp_dir / csv_name
     if path.is_file():
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -110,9 +182,23 @@ def load_leaderboard(comp_dir: pathlib.Path, problems: list[str]) -> list[dict]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             problems.append(f"{path.name} could not be read: {exc}")
     rows = read_csv(csv_path, problems)
-    if not rows and not path.is_file() and not csv_path.is_file():
+    return None if not rows and not path.is_file() and not csv_path.is_file() else rows
+
+
+def load_leaderboard(comp_dir: pathlib.Path, problems: list[str]) -> list[dict]:
+    """Rows of the JSON leaderboard (typed), else of the CSV one (text cells); empty when neither is there."""
+    rows = _load_table(comp_dir, runs.LEADERBOARD_JSON, runs.LEADERBOARD_CSV, problems)
+    if rows is None:
         problems.append("no leaderboard file: the table is rebuilt from the run folders")
-    return rows
+    return rows or []
+
+
+def load_seed_leaderboard(comp_dir: pathlib.Path, problems: list[str]) -> list[dict]:
+    """Rows of the per-seed leaderboard (``runs.SEEDS_JSON``, else ``runs.SEEDS_CSV``); empty when neither is there."""
+    rows = _load_table(comp_dir, runs.SEEDS_JSON, runs.SEEDS_CSV, problems)
+    if rows is None:
+        problems.append("no per-seed leaderboard file: the seed spread is rebuilt from the run folders")
+    return rows or []
 
 
 def _load_gradcam(comp_dir: pathlib.Path, comparison: Mapping, problems: list[str]) -> dict | None:
@@ -146,11 +232,15 @@ def load_comparison(comp_dir) -> dict:
             optionally, its leaderboard (JSON or CSV) and Grad-CAM maps.
 
     Returns:
-        ``{"comp_dir", "comparison", "leaderboard", "runs", "gradcam", "problems"}``:
-        ``leaderboard`` is a list of row dicts (empty when absent), ``runs`` maps each
-        backbone to its :func:`~reports.run.load_run` dict (``None`` when it has no
-        readable run folder), ``gradcam`` is ``None`` or ``{"paths", "true",
-        "backbones", "arrays"}`` and ``problems`` lists what could not be read.
+        ``{"comp_dir", "comparison", "leaderboard", "seed_leaderboard", "runs",
+        "replicates", "gradcam", "problems"}``: ``leaderboard`` and ``seed_leaderboard``
+        are lists of row dicts (empty when absent; the latter only read when
+        :func:`seed_count` is above 1), ``runs`` maps
+        each backbone to the :func:`~reports.run.load_run` dict of its (first) run
+        (``None`` when it has no readable run folder), ``replicates`` maps each backbone
+        to ``{replicate: load_run dict or None}`` (empty without seeds), ``gradcam`` is
+        ``None`` or ``{"paths", "true", "backbones", "arrays"}`` and ``problems`` lists
+        what could not be read.
 
     Raises:
         FileNotFoundError: if ``comp_dir`` has no readable comparison record.
@@ -161,12 +251,16 @@ def load_comparison(comp_dir) -> dict:
     if comparison is None:
         detail = "; ".join(problems) or f"{runs.COMPARISON} is missing"
         raise FileNotFoundError(f"{comp_dir} is not a comparison folder: {detail}")
-    members = {entry["backbone"]: _load_member(comp_dir, entry, problems) for entry in run_entries(comparison)}
+    entries = run_entries(comparison)
+    members = {entry["backbone"]: _load_member(comp_dir, entry, problems) for entry in entries}
+    seeds = seed_count(comparison)
     return {
         "comp_dir": str(comp_dir),
         "comparison": comparison,
         "leaderboard": load_leaderboard(comp_dir, problems),
+        "seed_leaderboard": load_seed_leaderboard(comp_dir, problems) if seeds > 1 else [],
         "runs": members,
+        "replicates": _load_replicates(comp_dir, entries, members, problems) if seeds > 1 else {},
         "gradcam": _load_gradcam(comp_dir, comparison, problems),
         "problems": problems,
     }
@@ -177,9 +271,13 @@ def load_comparison(comp_dir) -> dict:
 # ----------------------------------------------------------------------------------
 
 
-def _typed_row(raw: Mapping, labels: Sequence[str]) -> dict:
-    """A leaderboard row with its figures as floats (a CSV row's cells are text) and the tier as int."""
-    row = {column: to_float(raw.get(column)) for column in leaderboard_columns(labels) if column not in TEXT_COLUMNS}
+def _typed_row(raw: Mapping, labels: Sequence[str], seeds: bool = False) -> dict:
+    """A leaderboard row with its figures as floats (a CSV row's cells are text) and the tier as int.
+
+    ``seeds``: the row also has the spread across seeds (:data:`suite.metrics.SEED_COLUMNS`).
+    """
+    row = {column: to_float(raw.get(column)) for column in leaderboard_columns(labels, seeds=seeds)
+           if column not in TEXT_COLUMNS}
     tier = to_float(raw.get("tier"))
     row.update(backbone=str(raw.get("backbone")), status=str(raw.get("status") or "unknown"),
                tier=int(tier) if tier is not None and math.isfinite(tier) else None,
@@ -195,8 +293,18 @@ def _row_from_run(entry: Mapping, run: Mapping | None, labels: Sequence[str]) ->
                            tier=None, error=entry["error"] or manifest.get("error"))
 
 
+def _row_from_replicates(entry: Mapping, replicates: Mapping, labels: Sequence[str]) -> dict:
+    """A seed-summary row rebuilt from the run folders of a backbone's completed replicates."""
+    done = [replicates.get(rep["replicate"]) for rep in entry["replicates"] if rep["status"] == "completed"]
+    rows = [leaderboard_row(as_dict(run["metrics"]), as_dict(run["manifest"]), labels=labels)
+            for run in done if run and run.get("metrics")]
+    return seed_summary_row(rows, labels=labels, backbone=entry["backbone"], status=entry["status"], tier=None,
+                            error=entry["error"])
+
+
 def leaderboard_rows(raw_rows: Sequence[Mapping], entries: Sequence[Mapping],
-                     members: Mapping | None, labels: Sequence[str]) -> list[dict]:
+                     members: Mapping | None, labels: Sequence[str], *,
+                     replicates: Mapping | None = None, seeds: bool = False) -> list[dict]:
     """The leaderboard, one row per backbone, in :func:`suite.metrics.leaderboard_sort_key` order.
 
     Args:
@@ -206,16 +314,27 @@ def leaderboard_rows(raw_rows: Sequence[Mapping], entries: Sequence[Mapping],
             failed backbone never silently disappears.
         members: ``{backbone: load_run dict or None}`` (may be ``None``).
         labels: class labels, for the per-class columns.
+        replicates: ``{backbone: {replicate: load_run dict or None}}`` (the
+            ``replicates`` of :func:`load_comparison`); with seeds, a missing row is the
+            mean over these. Defaults to None.
+        seeds: the comparison was trained under several seeds: rows also hold
+            :data:`suite.metrics.SEED_COLUMNS`. Defaults to False.
 
     Returns:
         Rows with every column of :func:`suite.metrics.leaderboard_columns`: figures
         as floats (``None`` when unknown), ``tier`` as int or ``None``, ``backbone``,
         ``status`` and ``error`` as text.
     """
-    rows = [_typed_row(raw, labels) for raw in raw_rows if raw.get("backbone") is not None]
+    rows = [_typed_row(raw, labels, seeds) for raw in raw_rows if raw.get("backbone") is not None]
     known = {row["backbone"] for row in rows}
-    rows += [_typed_row(_row_from_run(entry, (members or {}).get(entry["backbone"]), labels), labels)
-             for entry in entries if entry["backbone"] not in known]
+    for entry in entries:
+        if entry["backbone"] in known:
+            continue
+        if seeds and entry["replicates"]:
+            rebuilt = _row_from_replicates(entry, (replicates or {}).get(entry["backbone"]) or {}, labels)
+        else:
+            rebuilt = _row_from_run(entry, (members or {}).get(entry["backbone"]), labels)
+        rows.append(_typed_row(rebuilt, labels, seeds))
     recorded = {entry["backbone"]: entry for entry in entries}
     for row in rows:  # the comparison record has the last word on status and error
         entry = recorded.get(row["backbone"])
@@ -225,20 +344,42 @@ def leaderboard_rows(raw_rows: Sequence[Mapping], entries: Sequence[Mapping],
     return sorted(rows, key=leaderboard_sort_key)
 
 
-def _display_row(row: Mapping, colour: str, labels: Sequence[str], link: str | None) -> dict:
-    """Template values for one leaderboard row."""
+def fmt_seeds(row: Mapping, name: str) -> str:
+    """``"0.967 ± 0.014 (3 seeds) [0.871, 0.996]"`` from a seed-summary row, or a dash without a mean.
+
+    The mean of ``name`` over the seeds, its SD across them, how many seeds, and the mean of
+    the seeds' own intervals.
+    """
+    mean, sd, n = row.get(name), row.get(f"{name}_sd"), _int(row.get("n_seeds"))
+    if to_float(mean) is None:
+        return DASH
+    text = fmt3(mean) + ("" if to_float(sd) is None else f" \u00b1 {fmt3(sd)}")
+    if n is not None:
+        text += f" ({n} seed{'' if n == 1 else 's'})"
+    low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    return text if to_float(low) is None or to_float(high) is None else f"{text} [{fmt3(low)}, {fmt3(high)}]"
+
+
+def _display_row(row: Mapping, colour: str, labels: Sequence[str], link: str | None, seeds: bool = False) -> dict:
+    """Template values for one leaderboard row (``seeds``: accuracy and macro-F1 as mean ± SD over the seeds)."""
+    if seeds:
+        accuracy, macro_f1 = fmt_seeds(row, "accuracy"), fmt_seeds(row, "macro_f1")
+    else:
+        accuracy = fmt_ci(row["accuracy"], row["accuracy_ci_low"], row["accuracy_ci_high"])
+        macro_f1 = fmt_ci(row["macro_f1"], row["macro_f1_ci_low"], row["macro_f1_ci_high"])
     return {
         "backbone": row["backbone"], "status": row["status"], "colour": colour, "error": row["error"],
         "tier": DASH if row["tier"] is None else str(row["tier"]),
-        "accuracy": fmt_ci(row["accuracy"], row["accuracy_ci_low"], row["accuracy_ci_high"]),
-        "macro_f1": fmt_ci(row["macro_f1"], row["macro_f1_ci_low"], row["macro_f1_ci_high"]),
+        "accuracy": accuracy, "macro_f1": macro_f1,
         "roc_auc": fmt3(row["roc_auc_macro"]), "ece": fmt3(row["ece"]),
         "params": fmt_params(row["params"]), "train": fmt_seconds(row["train_s"]),
         "image_size": DASH if row["image_size"] is None else f"{int(row['image_size'])} px",
         "latency": fmt_unit(row["infer_ms_per_image"], "ms"),
         "throughput": fmt_unit(row["infer_images_per_s"], "img/s"),
         "per_class": [{"recall": fmt3(row[f"recall_{label}"]), "f1": fmt3(row[f"f1_{label}"])} for label in labels],
-        "report_href": link,
+        # With seeds the row is a mean: it points at the per-seed table, which links every replicate's report.
+        "report_href": SEEDS_ANCHOR if seeds else link,
+        "report_label": "per seed" if seeds else "run report",
     }
 
 
@@ -284,6 +425,30 @@ def _matrix_lookup(comparison: Mapping) -> dict[tuple[str, str], float | None]:
     return lookup
 
 
+def pairwise_test_name(method) -> str:
+    """The test a pairwise record's ``method`` stands for, as the details table names it.
+
+    ``"McNemar (exact binomial)"``, ``"McNemar (chi-square)"``, the seed bootstrap's own
+    description (``suite.stats.SEED_METHOD``) or any other method as recorded; a dash for none.
+    """
+    method = "" if method is None else str(method)
+    if method in MCNEMAR_METHODS:
+        return f"McNemar ({MCNEMAR_METHODS[method]})"
+    return method or DASH
+
+
+def pairwise_test_phrase(methods: Sequence) -> str:
+    """The test(s) behind some pairwise records, as a phrase for a sentence (``"McNemar's test"``)."""
+    names = []
+    for method in methods:
+        method = "" if method is None else str(method)
+        name = ("McNemar's test" if method in MCNEMAR_METHODS else f"the {SEED_METHOD}" if method == SEED_METHOD
+                else f"the {method} test" if method else "the paired test")
+        if name not in names:
+            names.append(name)
+    return " or ".join(names) or "the paired test"
+
+
 def _matrix_cell(row: str, col: str, test: Mapping | None, p_fallback: float | None, alpha: float) -> dict:
     """One matrix cell: the Holm p-value, coloured by who won a significant test."""
     if row == col:
@@ -295,7 +460,8 @@ def _matrix_cell(row: str, col: str, test: Mapping | None, p_fallback: float | N
     cls = ""
     if significant:
         cls = "win" if winner == row else "loss" if winner == col else "sig"
-    return {"text": fmt_p(p), "cls": cls, "title": str(test.get("sentence") or "") if test else ""}
+    title = str(test.get("sentence") or pairwise_test_name(test.get("method"))) if test else ""
+    return {"text": fmt_p(p), "cls": cls, "title": title}
 
 
 def pairwise_matrix(comparison: Mapping, order: Sequence[str], alpha: float) -> dict:
@@ -308,10 +474,11 @@ def pairwise_matrix(comparison: Mapping, order: Sequence[str], alpha: float) -> 
         alpha: significance level, used only where a test lacks a ``significant`` flag.
 
     Returns:
-        ``{"names": [...], "rows": [{"name", "cells": [{"text", "cls", "title"}]}]}``
-        where ``cls`` is ``"win"`` when the row backbone won a significant test
-        against the column, ``"loss"`` when it lost, ``"sig"`` when significant with no
-        recorded winner, ``"diag"`` on the diagonal and empty otherwise.
+        ``{"names": [...], "test", "rows": [{"name", "cells": [{"text", "cls", "title"}]}]}``
+        where ``test`` names the test the p-values come from (:func:`pairwise_test_phrase`)
+        and ``cls`` is ``"win"`` when the row backbone won a significant test against
+        the column, ``"loss"`` when it lost, ``"sig"`` when significant with no recorded
+        winner, ``"diag"`` on the diagonal and empty otherwise.
     """
     tests = {}
     for item in _pairwise_entries(comparison):
@@ -323,20 +490,45 @@ def pairwise_matrix(comparison: Mapping, order: Sequence[str], alpha: float) -> 
     names += sorted(present - set(names))
     rows = [{"name": row, "cells": [_matrix_cell(row, col, tests.get((row, col)), lookup.get((row, col)), alpha)
                                     for col in names]} for row in names]
-    return {"names": names, "rows": rows}
+    test = pairwise_test_phrase([item.get("method") for item in _pairwise_entries(comparison)])
+    return {"names": names, "test": test, "rows": rows}
+
+
+def _fmt_diff(item: Mapping) -> str:
+    """``"+0.092 [+0.050, +0.133]"``: accuracy A - B with the bootstrap interval of the difference."""
+    a, b = to_float(item.get("accuracy_a")), to_float(item.get("accuracy_b"))
+    low, high = pair(item.get("diff_ci"))
+    diff = DASH if a is None or b is None else f"{a - b:+.3f}"
+    return diff if low is None or high is None else f"{diff} [{low:+.3f}, {high:+.3f}]"
 
 
 def pairwise_details(comparison: Mapping) -> list[dict]:
-    """One formatted row per pairwise test (for the details table and the sentences)."""
+    """One formatted row per pairwise test (for the details table and the sentences).
+
+    ``test`` names the test from the record's ``method``; McNemar's evidence is
+    ``only_a`` / ``only_b`` (the discordant images), the seed bootstrap's ``diff``
+    (accuracy A - B with its interval) and ``seeds`` (``"3 / 3"``); a dash where the
+    record has none.
+    """
     return [{
         "a": str(item["a"]), "b": str(item["b"]),
         "accuracy_a": fmt3(item.get("accuracy_a")), "accuracy_b": fmt3(item.get("accuracy_b")),
         "only_a": fmt_value(item.get("only_a")), "only_b": fmt_value(item.get("only_b")),
-        "method": fmt_value(item.get("method")), "p_value": fmt_p(item.get("p_value")),
+        "diff": _fmt_diff(item) if "diff_ci" in item else DASH,
+        "seeds": f"{fmt_value(item.get('seeds_a'))} / {fmt_value(item.get('seeds_b'))}" if "seeds_a" in item else DASH,
+        "method": fmt_value(item.get("method")), "test": pairwise_test_name(item.get("method")),
+        "p_value": fmt_p(item.get("p_value")),
         "p_holm": fmt_p(item.get("p_holm")), "significant": bool(item.get("significant")),
         "winner": str(item["winner"]) if item.get("winner") is not None else "",
         "sentence": str(item.get("sentence") or ""),
     } for item in _pairwise_entries(comparison)]
+
+
+def pairwise_columns(comparison: Mapping) -> dict:
+    """Which evidence the details table shows: ``{"discordant", "diff"}`` (McNemar's counts, the bootstrap's CI)."""
+    tests = _pairwise_entries(comparison)
+    diff = any("diff_ci" in item for item in tests)
+    return {"diff": diff, "discordant": any("only_a" in item or "only_b" in item for item in tests) or not diff}
 
 
 # ----------------------------------------------------------------------------------
@@ -389,6 +581,135 @@ def _figures(members: Sequence[dict], rows: Sequence[Mapping], labels: Sequence[
         "curves_uri": figure_uri(plots.overlaid_curves_png, problems, "training curves", members),
         "latency_uri": figure_uri(plots.accuracy_latency_png, problems, "accuracy against latency", points),
         "pareto": [points[i]["name"] for i in plots.pareto_front(points)],
+    }
+
+
+# ----------------------------------------------------------------------------------
+# Seed spread: every replicate of every backbone
+# ----------------------------------------------------------------------------------
+
+
+def _training_seed(replicate: Mapping, run: Mapping | None) -> int | None:
+    """The seed a replicate trained with, from its manifest: ``seed + replicate`` (``RunConfig.training_seed``)."""
+    seed = _int(as_dict(as_dict((run or {}).get("manifest")).get("config")).get("seed"))
+    return None if seed is None else seed + replicate["replicate"]
+
+
+def _seed_row_from_run(replicate: Mapping, run: Mapping | None, labels: Sequence[str]) -> dict:
+    """What the per-seed leaderboard says of a replicate, rebuilt from its run folder."""
+    manifest, metrics = as_dict((run or {}).get("manifest")), as_dict((run or {}).get("metrics"))
+    return {**leaderboard_row(metrics, manifest, labels=labels), "training_seed": _training_seed(replicate, run)}
+
+
+def _seed_row(backbone: str, replicate: Mapping, raw: Mapping) -> dict:
+    """One row of :func:`seed_rows`; the comparison record has the last word on status and error."""
+    status = replicate["status"] if replicate["status"] != "unknown" else str(raw.get("status") or "unknown")
+    return {"backbone": backbone, "replicate": replicate["replicate"], "training_seed": _int(raw.get("training_seed")),
+            "accuracy": to_float(raw.get("accuracy")), "macro_f1": to_float(raw.get("macro_f1")),
+            "status": status, "error": replicate["error"] or str(raw.get("error") or ""),
+            "run_dir": replicate["run_dir"]}
+
+
+def seed_rows(raw_rows: Sequence[Mapping], entries: Sequence[Mapping], replicates: Mapping,
+              labels: Sequence[str]) -> list[dict]:
+    """One row per (backbone, replicate), every replicate the comparison record lists.
+
+    Args:
+        raw_rows: rows of the per-seed leaderboard file (JSON or CSV); a replicate the
+            record lists but the file lacks is rebuilt from its run folder (so is a
+            training seed the file leaves blank), and a row of the file the record does
+            not list is kept (status from the file).
+        entries: :func:`run_entries` of the comparison record.
+        replicates: ``{backbone: {replicate: load_run dict or None}}``.
+        labels: class labels.
+
+    Returns:
+        Dicts with ``backbone``, ``replicate`` (int), ``training_seed`` (int or ``None``),
+        ``accuracy`` and ``macro_f1`` (float or ``None``), ``status``, ``error`` and
+        ``run_dir`` (relative to the comparison folder, or ``None``).
+    """
+    recorded = {(str(raw["backbone"]), _int(raw.get("replicate"))): raw for raw in raw_rows
+                if raw.get("backbone") is not None and _int(raw.get("replicate")) is not None}
+    rows = []
+    for entry in entries:
+        runs_of = as_dict(replicates.get(entry["backbone"]))
+        for rep in entry["replicates"]:
+            run = runs_of.get(rep["replicate"])
+            raw = recorded.pop((entry["backbone"], rep["replicate"]), None) or _seed_row_from_run(rep, run, labels)
+            if _int(raw.get("training_seed")) is None:  # the file leaves it out for a failed replicate
+                raw = {**raw, "training_seed": _training_seed(rep, run)}
+            rows.append(_seed_row(entry["backbone"], rep, raw))
+    unlisted = {"run_dir": None, "status": "unknown", "error": ""}
+    rows += [_seed_row(backbone, {**unlisted, "replicate": k}, raw) for (backbone, k), raw in recorded.items()]
+    return rows
+
+
+def _mean_sd(row: Mapping, name: str) -> str:
+    """``"0.967 ± 0.014"`` from a seed-summary row (just the mean when there is no SD)."""
+    if to_float(row.get(name)) is None:
+        return DASH
+    sd = row.get(f"{name}_sd")
+    return fmt3(row[name]) + ("" if to_float(sd) is None else f" \u00b1 {fmt3(sd)}")
+
+
+def seed_groups(rows: Sequence[Mapping], board: Sequence[Mapping], colours: Mapping, comp_dir) -> list[dict]:
+    """The seed spread table: per backbone (leaderboard order), its mean ± SD and every replicate.
+
+    Args:
+        rows: :func:`seed_rows`.
+        board: :func:`leaderboard_rows` (for the order and each backbone's mean ± SD).
+        colours: ``{backbone: colour}``.
+        comp_dir: the comparison folder (a replicate's report link is relative to it).
+
+    Returns:
+        ``[{"backbone", "colour", "accuracy", "macro_f1", "rows": [{"replicate",
+        "training_seed", "accuracy", "macro_f1", "status", "error", "href"}]}]``, text
+        throughout (``href`` ``None`` where the replicate has no report).
+    """
+    by_backbone: dict[str, list] = {}
+    for row in rows:
+        by_backbone.setdefault(row["backbone"], []).append(row)
+    summary = {row["backbone"]: row for row in board}
+    order = [name for name in summary if name in by_backbone] + [name for name in by_backbone if name not in summary]
+    return [{
+        "backbone": name, "colour": colours.get(name, NO_COLOUR),
+        "accuracy": _mean_sd(summary.get(name, {}), "accuracy"),
+        "macro_f1": _mean_sd(summary.get(name, {}), "macro_f1"),
+        "rows": [{"replicate": str(r["replicate"]), "training_seed": fmt_value(r["training_seed"]),
+                  "accuracy": fmt3(r["accuracy"]), "macro_f1": fmt3(r["macro_f1"]), "status": r["status"],
+                  "error": r["error"], "href": _report_link(pathlib.Path(comp_dir), r)}
+                 for r in sorted(by_backbone[name], key=lambda r: r["replicate"])],
+    } for name in order]
+
+
+def _seed_series(rows: Sequence[Mapping], groups: Sequence[Mapping]) -> list[dict]:
+    """What :func:`reports.plots.seed_strip_png` draws: per backbone, its completed seeds' figures."""
+    series = []
+    for group in groups:
+        done = [r for r in rows if r["backbone"] == group["backbone"] and r["status"] == "completed"]
+        series.append({"name": group["backbone"], "colour": group["colour"],
+                       "accuracy": [r["accuracy"] for r in done], "macro_f1": [r["macro_f1"] for r in done]})
+    return series
+
+
+def _seed_context(comparison: Mapping, n_seeds: int, rows: Sequence[Mapping], board: Sequence[Mapping],
+                  colours: Mapping, comp_dir, problems: list[str]) -> dict:
+    """The note under the leaderboard and the "Seed spread" section (empty values without seeds).
+
+    ``rows`` are :func:`seed_rows`, ``board`` :func:`leaderboard_rows`.
+    """
+    if n_seeds < 2:
+        return {"seeded": False, "n_seeds": n_seeds, "seed_note": "", "seed_figures_note": "", "seed_groups": [],
+                "seed_uri": None}
+    groups = seed_groups(rows, board, colours, comp_dir)
+    tests = _pairwise_entries(comparison)
+    note = SEED_NOTE.format(n=n_seeds)
+    if tests:
+        note += " " + SEED_TIERS.format(test=pairwise_test_phrase([t.get("method") for t in tests]))
+    return {
+        "seeded": True, "n_seeds": n_seeds, "seed_note": note, "seed_figures_note": SEED_FIGURES,
+        "seed_groups": groups,
+        "seed_uri": figure_uri(plots.seed_strip_png, problems, "seed spread", _seed_series(rows, groups)),
     }
 
 
@@ -495,10 +816,19 @@ def _report_link(comp_dir: pathlib.Path, entry: Mapping) -> str | None:
     return href(relative) + "/" + runs.REPORT
 
 
-def _run_links(entries: Sequence[Mapping], links: Mapping, colours: Mapping) -> list[dict]:
-    """One row per backbone for the "Run reports" list."""
+def _run_links(entries: Sequence[Mapping], links: Mapping, colours: Mapping, comp_dir: pathlib.Path,
+               seeds: Sequence[Mapping] = ()) -> list[dict]:
+    """One row per backbone for the "Run reports" list; with seeds, each lists every replicate's report.
+
+    ``seeds`` are the :func:`seed_rows` (for each replicate's training seed).
+    """
+    training_seed = {(r["backbone"], r["replicate"]): r["training_seed"] for r in seeds}
     return [{"backbone": e["backbone"], "status": e["status"], "href": links.get(e["backbone"]),
-             "run_dir": e["run_dir"] or "", "colour": colours.get(e["backbone"], NO_COLOUR)}
+             "run_dir": e["run_dir"] or "", "colour": colours.get(e["backbone"], NO_COLOUR),
+             "replicates": [{"replicate": str(rep["replicate"]), "status": rep["status"],
+                             "training_seed": fmt_value(training_seed.get((e["backbone"], rep["replicate"]))),
+                             "href": _report_link(comp_dir, rep), "run_dir": rep["run_dir"] or ""}
+                            for rep in e["replicates"]]}
             for e in entries]
 
 
@@ -544,6 +874,41 @@ def comparison_labels(comparison: Mapping) -> list[str]:
     return [str(x) for x in labels]
 
 
+def external_matrix(comparison: Mapping, raw_rows: Sequence[Mapping], comp_dir: pathlib.Path) -> dict:
+    """The backbone x external-dataset table (``compare --external``): per cell the accuracy, the
+    leak-free accuracy, the share of evaluated images that copy a training image and the drop from
+    the internal test, linked to the first replicate's evaluation report; empty without external sets.
+    """
+    sets = [as_dict(e) for e in as_list(comparison.get("externals")) if as_dict(e).get("slug")]
+    if not sets:
+        return {"datasets": [], "rows": []}
+    links = {str(as_dict(e).get("backbone")): as_dict(as_dict(e).get("externals"))
+             for e in as_list(comparison.get("runs"))}
+    rows = []
+    for raw in sorted((as_dict(r) for r in raw_rows), key=lambda r: str(r.get("backbone"))):
+        name = str(raw.get("backbone"))
+        rows.append({"backbone": name, "cells": [_external_cell(raw, e["slug"], links.get(name, {}), comp_dir)
+                                                 for e in sets]})
+    return {"datasets": [str(e.get("name") or e["slug"]) for e in sets], "rows": rows}
+
+
+def _external_cell(raw: Mapping, slug: str, links: Mapping, comp_dir: pathlib.Path) -> dict:
+    figure = {name: to_float(raw.get(f"ext_{slug}_{name}")) for name in
+              ("accuracy", "balanced_accuracy", "leak_free_accuracy", "leak_free_balanced_accuracy",
+               "contamination", "drop")}
+    evaluation = as_dict(links.get(slug)).get("evaluation")
+    report = (comp_dir / str(evaluation) / runs.REPORT) if evaluation else None
+    return {
+        "accuracy": fmt3(figure["accuracy"]), "balanced_accuracy": fmt3(figure["balanced_accuracy"]),
+        "leak_free_accuracy": fmt3(figure["leak_free_accuracy"]),
+        "leak_free_balanced_accuracy": fmt3(figure["leak_free_balanced_accuracy"]),
+        "contamination": fmt_pct(figure["contamination"]), "contaminated": bool(figure["contamination"]),
+        "drop": DASH if figure["drop"] is None else f"{figure['drop']:+.3f}",
+        "href": href(pathlib.Path(str(evaluation)) / runs.REPORT) if report and report.is_file() else None,
+        "error": as_dict(links.get(slug)).get("error"),
+    }
+
+
 def comparison_context(comp: dict) -> dict:
     """Build the flat template context for one comparison.
 
@@ -561,11 +926,16 @@ def comparison_context(comp: dict) -> dict:
     labels = comparison_labels(comparison)
     alpha = to_float(as_dict(comparison.get("config")).get("alpha")) or DEFAULT_ALPHA
     entries = run_entries(comparison)
+    n_seeds = seed_count(comparison)
+    replicates = as_dict(comp.get("replicates"))
 
-    rows = leaderboard_rows(comp.get("leaderboard") or [], entries, members, labels)
+    rows = leaderboard_rows(comp.get("leaderboard") or [], entries, members, labels, replicates=replicates,
+                            seeds=n_seeds > 1)
+    seeds = seed_rows(comp.get("seed_leaderboard") or [], entries, replicates, labels) if n_seeds > 1 else []
     colours = {row["backbone"]: plots.series_colour(i) for i, row in enumerate(rows)}
     links = {e["backbone"]: _report_link(comp_dir, e) for e in entries}
-    display = [_display_row(row, colours[row["backbone"]], labels, links.get(row["backbone"])) for row in rows]
+    display = [_display_row(row, colours[row["backbone"]], labels, links.get(row["backbone"]), n_seeds > 1)
+               for row in rows]
 
     context = _setup_context(comparison, comp_dir, labels, alpha)
     context.update({
@@ -574,9 +944,12 @@ def comparison_context(comp: dict) -> dict:
         "tier_groups": tier_groups(display),
         "matrix": pairwise_matrix(comparison, [row["backbone"] for row in rows], alpha),
         "pairwise": pairwise_details(comparison),
+        "pairwise_columns": pairwise_columns(comparison),
         "gradcam": gradcam_grid(comp.get("gradcam"), labels, comp_dir),
-        "run_links": _run_links(entries, links, colours),
+        "run_links": _run_links(entries, links, colours, comp_dir, seeds),
+        "externals": external_matrix(comparison, comp.get("leaderboard") or [], comp_dir),
     })
+    context.update(_seed_context(comparison, n_seeds, seeds, rows, colours, comp_dir, problems))
     context.update(_figures(_members(rows, members, colours), rows, labels, problems))
     context["banners"] = _banners(comparison, as_dict(comparison.get("dataset")), rows, members, problems)
     return context
@@ -595,16 +968,22 @@ def render_comparison(context: dict) -> str:
 def _write_missing_run_reports(comp: dict) -> None:
     """Write the report of member runs that lack one, so the comparison's links work.
 
-    A run report that cannot be written is noted in the comparison, never raised:
-    it must not cost the comparison its own report.
+    Every replicate of a seeded comparison gets one too. A run report that cannot be
+    written is noted in the comparison, never raised: it must not cost the comparison
+    its own report.
     """
-    for backbone, run in (comp.get("runs") or {}).items():
-        if not run or (pathlib.Path(run["run_dir"]) / runs.REPORT).is_file():
+    loaded = list((comp.get("runs") or {}).items())
+    loaded += [(f"{backbone} (replicate {k})", run) for backbone, by_replicate in (comp.get("replicates") or {}).items()
+               for k, run in by_replicate.items()]
+    done = set()
+    for who, run in loaded:
+        if not run or run["run_dir"] in done or (pathlib.Path(run["run_dir"]) / runs.REPORT).is_file():
             continue
+        done.add(run["run_dir"])
         try:
             write_run_report(run["run_dir"])
         except Exception as exc:  # noqa: BLE001 - recorded in the report's banners
-            comp["problems"].append(f"{backbone}: run report could not be written: {type(exc).__name__}: {exc}")
+            comp["problems"].append(f"{who}: run report could not be written: {type(exc).__name__}: {exc}")
 
 
 def write_comparison_report(comp_dir, *, write_run_reports: bool = True) -> pathlib.Path:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reports.toolkit import (
+    DASH,
     as_dict,
     as_list,
     banner,
@@ -23,6 +24,7 @@ from reports.toolkit import (
     read_json,
     render,
     synthetic_banner,
+    to_float,
     write_html,
 )
 from suite import runs
@@ -52,6 +54,42 @@ def fmt_spread(summary: Mapping, name: str) -> str:
         return ""
     low, high = (as_list(ci.get(name)) + [None, None])[:2]
     return f"{fmt3(mean[name])} ± {fmt3(std.get(name))} [{fmt3(low)}, {fmt3(high)}]"
+
+
+def fmt_count_spread(summary: Mapping, name: str) -> str:
+    """``"12.5 ± 1.3"``: mean ± std of a count (test images per fold) in a CV summary, or ``""``."""
+    mean, std = as_dict(summary.get("mean")), as_dict(summary.get("std"))
+    if name not in mean:
+        return ""
+    return f"{to_float(mean[name]) or 0:.1f} ± {to_float(std.get(name)) or 0:.1f}"
+
+
+LEAK_FREE_ROWS = (("n_test", "test images per fold"), ("accuracy", "accuracy"),
+                  ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"))
+
+
+def leak_free_context(cv: Mapping, labels: Sequence[str]) -> dict | None:
+    """Full versus leak-free figures across folds (``--dedup report``), with each class's support and recall.
+
+    Returns:
+        ``None`` when the folds kept no leak-free figures; else ``{"rows", "per_class"}`` of
+        formatted cells ``full`` and ``leak_free``; a figure only some folds have says over how many.
+    """
+    if "leak_free_n_test" not in as_dict(cv.get("mean")):
+        return None
+    partial, k = as_dict(cv.get("n_folds")), fmt_value(cv.get("n_completed"))
+
+    def cell(name: str, count: bool = False) -> str:
+        text = (fmt_count_spread if count else fmt_spread)(cv, name) or DASH
+        return f"{text} ({partial[name]} of {k} folds)" if name in partial else text
+
+    rows = [{"name": title, "full": cell(name, name == "n_test"),
+             "leak_free": cell(f"leak_free_{name}", name == "n_test")} for name, title in LEAK_FREE_ROWS]
+    per_class = [{"label": label,
+                  "full_support": cell(f"support_{label}", True), "full_recall": cell(f"recall_{label}"),
+                  "leak_free_support": cell(f"leak_free_support_{label}", True),
+                  "leak_free_recall": cell(f"leak_free_recall_{label}")} for label in labels]
+    return {"rows": rows, "per_class": per_class}
 
 
 def _fold_link(cv_dir: pathlib.Path, fold: Mapping) -> str | None:
@@ -93,7 +131,10 @@ def cv_context(loaded: Mapping) -> dict[str, Any]:
     """The flat template context of a CV report, from :func:`load_cv`'s dict."""
     cv, cv_dir = as_dict(loaded.get("cv")), pathlib.Path(loaded.get("cv_dir") or ".")
     labels = [str(label) for label in as_list(cv.get("labels"))]
-    names = ["accuracy", "macro_f1"] + [f"recall_{label}" for label in labels]
+    names = ["accuracy", "balanced_accuracy", "macro_f1"] + [f"recall_{label}" for label in labels]
+    leak_free = leak_free_context(cv, labels)
+    if leak_free:
+        names += ["leak_free_accuracy", "leak_free_balanced_accuracy"]
     folds = [as_dict(fold) for fold in as_list(cv.get("folds"))]
     official = as_dict(cv.get("official_test"))
     return {
@@ -106,7 +147,9 @@ def cv_context(loaded: Mapping) -> dict[str, Any]:
         "banners": _banners(cv, folds, loaded.get("problems") or []),
         "names": names,
         "folds": _fold_rows(cv_dir, folds, names),
-        "summary": [{"name": n, "value": fmt_spread(cv, n)} for n in names if n in as_dict(cv.get("mean"))],
+        "summary": [{"name": n, "value": fmt_spread(cv, n)} for n in names
+                    if n in as_dict(cv.get("mean")) and not n.startswith("leak_free_")],
+        "leak_free": leak_free,
         "official": [{"name": n, "value": fmt_spread(official, n)} for n in names
                      if n in as_dict(official.get("mean"))],
         "config": [{"key": k, "value": fmt_value(v)} for k, v in sorted(as_dict(cv.get("config")).items())],

@@ -591,6 +591,68 @@ def accuracy_latency_png(points: Sequence[Mapping]) -> bytes:
     return _figure_png(fig)
 
 
+def _seed_offsets(n: int, height: float = 0.36) -> list[float]:
+    """Vertical offsets that fan ``n`` dots of one row out, so seeds with equal values stay apart."""
+    if n < 2:
+        return [0.0] * n
+    return [-height / 2 + height * k / (n - 1) for k in range(n)]
+
+
+def seed_strip_png(series: Sequence[Mapping]) -> bytes:
+    """Every seed's test accuracy and macro-F1: one row per backbone, one dot per seed, the mean marked.
+
+    A thin bar spans each backbone's range across seeds, so whether two backbones' seed
+    ranges overlap can be read off directly.
+
+    Args:
+        series: one mapping per backbone, top row first, with ``name``, ``accuracy`` and
+            ``macro_f1`` (one value per seed; ``None`` where a seed has none) and
+            optional ``colour``.
+
+    Returns:
+        PNG bytes with a panel for each of accuracy and macro-F1 that has a value.
+
+    Raises:
+        NothingToPlot: if no seed of any backbone has a value.
+    """
+    from matplotlib.lines import Line2D
+
+    def values(item, key):
+        return [v for v in (_finite(x) for x in item.get(key) or []) if v is not None]
+
+    panels = [(title, key) for title, key in (("Accuracy", "accuracy"), ("Macro F1", "macro_f1"))
+              if any(values(item, key) for item in series)]
+    if not panels:
+        raise NothingToPlot("no seed has a value")
+    n = len(series)
+    fig = _new_figure(1.6 + 4.2 * len(panels), 1.3 + 0.55 * n)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (title, key) in zip(axes, panels):
+        for k, item in enumerate(series):
+            xs, y, colour = values(item, key), n - 1 - k, _colour(item, k)
+            if not xs:
+                continue
+            ax.plot([min(xs), max(xs)], [y, y], "-", color=colour, alpha=0.3, linewidth=5, solid_capstyle="round",
+                    zorder=1)
+            ax.scatter(xs, [y + d for d in _seed_offsets(len(xs))], s=34, color=colour, edgecolors="white",
+                       linewidths=0.8, zorder=3)
+            ax.plot([sum(xs) / len(xs)], [y], "|", color="#111827", markersize=18, markeredgewidth=2.5, zorder=2)
+        ax.set_title(f"{title} per seed", fontsize=10)
+        ax.set_xlabel(f"{title} on the test set", fontsize=8)
+        ax.margins(x=0.12)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, axis="x", color=_GRID, linewidth=0.8)
+        ax.set_axisbelow(True)
+    axes[0].set_yticks(range(n), [_short(item["name"], 24) for item in reversed(series)], parse_math=False)
+    axes[0].set_ylim(-0.6, n - 0.4)
+    key = [Line2D([], [], marker="o", linestyle="", color="#6b7280", label="one seed"),
+           Line2D([], [], marker="|", linestyle="", color="#111827", markersize=12, markeredgewidth=2.5,
+                  label="mean over seeds"),
+           Line2D([], [], color="#6b7280", alpha=0.3, linewidth=5, label="range across seeds")]
+    fig.legend(handles=key, loc="outside lower center", ncol=3, frameon=False, fontsize=8)
+    return _figure_png(fig)
+
+
 # ----------------------------------------------------------------------------------
 # Grad-CAM overlays (Pillow + a matplotlib colormap; no figure)
 # ----------------------------------------------------------------------------------

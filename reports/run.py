@@ -24,6 +24,7 @@ from reports.toolkit import (
     fmt_metric,
     fmt_pct,
     fmt_seconds,
+    fmt_share,
     fmt_value,
     input_banners,
     key_value_rows,
@@ -38,7 +39,9 @@ from reports.toolkit import (
 from suite import runs
 
 MAX_MISCLASSIFIED = 24
+MAX_PAIRS = 12  # example pairs of an evaluated image and its training twin
 THUMBNAIL_SIZE = 96
+PAIR_THUMBNAIL_SIZE = 128
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
 TIMING_NAMES = {"data_s": "data", "train_s": "training", "eval_s": "evaluation"}
 
@@ -70,9 +73,10 @@ def load_run(run_dir) -> dict:
         run_dir: a folder holding a manifest and, optionally, metrics, history and predictions.
 
     Returns:
-        ``{"run_dir", "manifest", "metrics", "history", "predictions", "problems"}``
-        where ``metrics`` is ``None`` when absent, ``history`` and ``predictions`` are
-        lists (empty when absent) and ``problems`` lists files that could not be read.
+        ``{"run_dir", "manifest", "metrics", "history", "predictions", "contamination", "problems"}``
+        where ``metrics`` is ``None`` when absent, ``history``, ``predictions`` and
+        ``contamination`` (an evaluation's images with a training twin) are lists of rows
+        (empty when absent) and ``problems`` lists files that could not be read.
 
     Raises:
         FileNotFoundError: if ``run_dir`` has no readable manifest.
@@ -89,6 +93,7 @@ def load_run(run_dir) -> dict:
         "metrics": read_json(run_dir / runs.METRICS, problems),
         "history": _history_rows(read_csv(run_dir / runs.HISTORY, problems)),
         "predictions": _prediction_rows(read_csv(run_dir / runs.PREDICTIONS, problems)),
+        "contamination": read_csv(run_dir / runs.CONTAMINATION, problems),
         "problems": problems,
     }
 
@@ -98,9 +103,11 @@ def load_run(run_dir) -> dict:
 # ----------------------------------------------------------------------------------
 
 
-def _banners(manifest: Mapping, dataset: Mapping, weights: Mapping, problems: Sequence[str]) -> list[dict]:
-    """Notices for the top of the report, most serious first."""
-    banners = []
+def _banners(manifest: Mapping, dataset: Mapping, weights: Mapping, problems: Sequence[str],
+             metrics: Mapping | None = None) -> list[dict]:
+    """Notices for the top of the report, most serious first: an evaluation's contamination leads."""
+    notice = contamination_banner(as_dict((metrics or {}).get("contamination")))
+    banners = [notice] if notice else []
     if manifest.get("status") == "failed" or manifest.get("error"):
         title = "Run failed" if manifest.get("status") == "failed" else "Error"
         banners.append(banner("error", title, manifest.get("error") or "no error message recorded"))
@@ -188,29 +195,157 @@ def _skipped_rows(skipped: Sequence) -> list[dict]:
     return [{"path": str(item.get("path") or ""), "reason": str(item.get("reason") or "")} for item in items]
 
 
-def leakage_rows(metrics: Mapping) -> dict | None:
-    """Full versus leak-free test figures, side by side, when the run looked for duplicates."""
+LEAKAGE_FIGURES = (("accuracy", "accuracy [95% CI]"), ("balanced_accuracy", "balanced accuracy [95% CI]"),
+                   ("macro_f1", "macro F1 [95% CI]"))
+
+
+def leakage_rows(metrics: Mapping, labels: Sequence[str] = ()) -> dict | None:
+    """Full versus leak-free figures, side by side, when the run (or evaluation) looked for training twins.
+
+    The leak-free images' class mix can differ wildly from the full set's, so beside accuracy
+    stand balanced accuracy and, per class, the support (with its share of the set) and recall
+    of both; a class with no image left has no recall (a dash, not 0).
+
+    Returns:
+        ``None`` without ``leak_free``; else ``{"rows", "per_class", "n_excluded", "definition"}``.
+    """
     leak = metrics.get("leak_free")
     if not isinstance(leak, Mapping):
         return None
-    rows = [{"name": "test images", "full": fmt_int(metrics.get("n_test")), "leak_free": fmt_int(leak.get("n_test"))}]
+    rows = [{"name": "images", "full": fmt_int(metrics.get("n_test")), "leak_free": fmt_int(leak.get("n_test"))}]
     if leak.get("n_test"):
         rows += [{"name": name, "full": fmt_metric(metrics, key), "leak_free": fmt_metric(leak, key)}
-                 for key, name in (("accuracy", "accuracy [95% CI]"), ("macro_f1", "macro F1 [95% CI]"))]
-    return {"rows": rows, "n_excluded": fmt_int(leak.get("n_excluded")), "definition": str(leak.get("definition", ""))}
+                 for key, name in LEAKAGE_FIGURES]
+    full_classes, leak_classes = as_dict(metrics.get("per_class")), as_dict(leak.get("per_class"))
+    order = list(labels) + [k for k in full_classes if k not in labels]
+    per_class = [{"label": label, **_class_mix(full_classes.get(label), metrics.get("n_test"), "full"),
+                  **_class_mix(leak_classes.get(label), leak.get("n_test"), "leak_free")}
+                 for label in order if label in full_classes]
+    return {"rows": rows, "per_class": per_class, "n_excluded": fmt_int(leak.get("n_excluded")),
+            "definition": str(leak.get("definition", ""))}
+
+
+def _class_mix(stats: Any, n: Any, side: str) -> dict:
+    """``<side>_support`` ("12 (30.0%)") and ``<side>_recall`` of one class; no recall where it has no image."""
+    stats = as_dict(stats)
+    support = to_float(stats.get("support"))
+    if support is None and to_float(n) == 0:  # no image left at all: no per-class figures recorded
+        support = 0.0
+    if not support:
+        return {f"{side}_support": fmt_int(support), f"{side}_recall": DASH}
+    return {f"{side}_support": f"{fmt_int(support)} ({fmt_share(support, n)})",
+            f"{side}_recall": fmt3(stats.get("recall"))}
+
+
+# ----------------------------------------------------------------------------------
+# An evaluation's contamination: evaluated images that are the run's own training images
+# ----------------------------------------------------------------------------------
+
+
+def _not_checked(check: str) -> bool:
+    return check.startswith("not possible")
+
+
+def contamination_banner(contamination: Mapping) -> dict | None:
+    """The notice an evaluation report leads with: copies of training images found, or no check possible."""
+    if not contamination:
+        return None
+    check = str(contamination.get("check") or "")
+    if _not_checked(check):
+        return banner("warning", "Not checked for the run's training images",
+                      f"The evaluated images could not be compared with the run's training images ({check}): "
+                      "the figures may include copies of them.")
+    count, n = to_float(contamination.get("count")), contamination.get("n_evaluated")
+    how = _how_text(contamination)
+    if count:
+        return banner("error", "Evaluated images include the run's own training images",
+                      f"{fmt_int(count)} of {fmt_int(n)} evaluated images ({fmt_share(count, n)}) are exact or near "
+                      f"copies of images the model was trained or validated on ({fmt_int(contamination.get('exact'))} "
+                      f"exact, {fmt_int(contamination.get('near'))} near): the full figures overstate how the model "
+                      "does on unseen images. The leak-free figures leave them out.", how)
+    if check != "pixels":
+        return banner("note", "Checked for training images on hashes only",
+                      f"No evaluated image matched the run's training images, {how}")
+    return None
+
+
+def _how_text(contamination: Mapping) -> str:
+    check = str(contamination.get("check") or "")
+    if check == "pixels":
+        return "Checked on pixels against the training images themselves."
+    return f"Checked {'in part ' if check == 'mixed' else ''}on perceptual hashes only: {contamination.get('detail')}."
+
+
+def contamination_context(contamination: Mapping, rows: Sequence[Mapping]) -> dict | None:
+    """The contamination section of an evaluation report: counts, by class, and example pairs with thumbnails."""
+    if not contamination:
+        return None
+    check = str(contamination.get("check") or "")
+    training = as_dict(contamination.get("training"))
+    settings = as_dict(contamination.get("settings"))
+    return {
+        "checked": not _not_checked(check),
+        "check": check,
+        "detail": str(contamination.get("detail") or ""),
+        "count": fmt_int(contamination.get("count")),
+        "n_evaluated": fmt_int(contamination.get("n_evaluated")),
+        "fraction": fmt_pct(contamination.get("fraction")),
+        "exact": fmt_int(contamination.get("exact")),
+        "near": fmt_int(contamination.get("near")),
+        "label_conflicts": fmt_int(contamination.get("label_conflicts")),
+        "twin_splits": ", ".join(f"{k} {fmt_int(v)}" for k, v in as_dict(contamination.get("twin_splits")).items())
+        or DASH,
+        "by_class": [{"label": label, "n": fmt_int(c.get("n_evaluated")), "count": fmt_int(c.get("count")),
+                      "fraction": fmt_pct(c.get("fraction")), "exact": fmt_int(c.get("exact")),
+                      "near": fmt_int(c.get("near"))}
+                     for label, c in ((k, as_dict(v)) for k, v in as_dict(contamination.get("by_class")).items())],
+        "training_root": fmt_value(training.get("root")),
+        "training_root_found": bool(training.get("root_found")),
+        "training_images": f"{fmt_int(training.get('n_train'))} training, {fmt_int(training.get('n_val'))} validation"
+        if training else DASH,
+        "settings": key_value_rows(settings),
+        "n_pairs": len(rows),
+        "pairs": [_pair_item(row) for row in example_pairs(rows)],
+    }
+
+
+def example_pairs(rows: Sequence[Mapping], limit: int = MAX_PAIRS) -> list[Mapping]:
+    """Pairs worth a look, at most ``limit``: near twins first, the least alike first (they are where a
+    reader would doubt the detector), then exact ones."""
+    near = [r for r in rows if r.get("kind") != "exact"]
+    near.sort(key=lambda r: (to_float(r.get("pixel_distance")) or -1.0, to_float(r.get("hamming")) or 0.0),
+              reverse=True)
+    return (near + [r for r in rows if r.get("kind") == "exact"])[:limit]
+
+
+def _pair_item(row: Mapping) -> dict:
+    """Template values for an evaluated image beside its training twin (a twin whose file is gone says so)."""
+    path, twin = str(row.get("path") or ""), str(row.get("twin_path") or "")
+    twin_there = bool(twin) and pathlib.Path(twin).is_file()
+    return {
+        "path": path, "name": pathlib.PurePath(path).name or path, "label": str(row.get("label") or ""),
+        "thumb": thumbnail_uri(path, PAIR_THUMBNAIL_SIZE, jpeg=True) if path else None,
+        "twin_path": twin, "twin_name": pathlib.PurePath(twin).name or twin,
+        "twin_label": str(row.get("twin_label") or ""), "twin_split": str(row.get("twin_split") or ""),
+        "twin_thumb": thumbnail_uri(twin, PAIR_THUMBNAIL_SIZE, jpeg=True) if twin_there else None,
+        "twin_gone": not twin_there,
+        "kind": str(row.get("kind") or ""), "method": str(row.get("method") or ""),
+        "hamming": fmt_value(row.get("hamming")), "pixel_distance": str(row.get("pixel_distance") or DASH),
+    }
 
 
 def _metrics_context(metrics: Mapping | None, labels: Sequence[str], problems: list[str]) -> dict:
     """Headline numbers, per-class table and confusion matrix (empty when there are no metrics)."""
     if metrics is None:
-        return {"has_metrics": False, "accuracy": DASH, "accuracy_pct": DASH, "macro_f1": DASH,
-                "n_test": DASH, "per_class": [], "confusion_matrix_uri": None, "leakage": None}
+        return {"has_metrics": False, "accuracy": DASH, "accuracy_pct": DASH, "balanced_accuracy": DASH,
+                "macro_f1": DASH, "n_test": DASH, "per_class": [], "confusion_matrix_uri": None, "leakage": None}
     matrix = metrics.get("confusion_matrix")
     return {
         "has_metrics": True,
-        "leakage": leakage_rows(metrics),
+        "leakage": leakage_rows(metrics, labels),
         "accuracy": fmt3(metrics.get("accuracy")),
         "accuracy_pct": fmt_pct(metrics.get("accuracy")),
+        "balanced_accuracy": fmt3(metrics.get("balanced_accuracy")),
         "macro_f1": fmt3(metrics.get("macro_f1")),
         "n_test": fmt_int(metrics.get("n_test")),
         "per_class": per_class_rows(as_dict(metrics.get("per_class")), labels),
@@ -289,8 +424,10 @@ def run_context(run: dict) -> dict:
     context.update(_provenance_context(manifest, weights))
     context.update(_metrics_context(metrics, labels, problems))
     context.update(_predictions_context(run.get("predictions") or [], labels))
+    context["contamination"] = contamination_context(as_dict((metrics or {}).get("contamination")),
+                                                     run.get("contamination") or [])
     context["curves_uri"] = figure_uri(plots.training_curves_png, problems, "training curves", run.get("history") or [])
-    context["banners"] = _banners(manifest, dataset, weights, problems)
+    context["banners"] = _banners(manifest, dataset, weights, problems, metrics)
     return context
 
 

@@ -59,8 +59,10 @@ def _backbone_list(value: str) -> tuple[str, ...]:
 
 def _existing_dir(value: str) -> Path:
     path = Path(value).expanduser()
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{value} is a file, not a folder")
     if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"not a folder: {value}")
+        raise argparse.ArgumentTypeError(f"no such folder: {value}")
     return path
 
 
@@ -137,6 +139,15 @@ def _weights(value: str) -> str:
     return value
 
 
+def _groups_file(value: str) -> str:
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a folder, not a CSV file of path,group lines")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return value
+
+
 def _search_space(value: str):
     from suite.search_space import load_space
 
@@ -170,7 +181,11 @@ RUN_FLAGS: dict[str, dict] = {
     "val_fraction": dict(type=_fraction, help=f"validation share of training (default: {_D.val_fraction})"),
     "test_fraction": dict(type=_fraction, help="test share of a single-folder dataset "
                           f"(default: {_D.test_fraction})"),
-    "seed": dict(type=int, help=f"split, initialisation and shuffling seed (default: {_D.seed})"),
+    "seed": dict(type=int, help="seed of the split, and (plus --replicate) of initialisation, shuffling, "
+                                f"dropout and augmentation (default: {_D.seed})"),
+    "replicate": dict(type=_int_at_least(0, "a replicate number"), help="training replicate on the same split: "
+                      "training is seeded by --seed plus this; --seeds N trains replicates 0..N-1 "
+                      f"(default: {_D.replicate})"),
     "weights": dict(type=_weights, help=f"auto, imagenet, none, or a weights file (default: {_D.weights})"),
     "precision": dict(choices=PRECISION_CHOICES, help="auto (default: bf16 on a GPU, fp32 on a CPU), fp32, "
                       "bf16, fp16"),
@@ -184,6 +199,11 @@ RUN_FLAGS: dict[str, dict] = {
                   "test metrics beside the full ones), group (a duplicate cluster never straddles "
                   "train/val/test or folds), drop (test images with a training twin are removed) "
                   f"(default: {_D.dedup})"),
+    "groups": dict(type=_groups_file, metavar="FILE", help="CSV of path,group lines (path relative to --data; "
+                   "a header row path,group is allowed): images of one patient or scan never straddle "
+                   "train/val/test or folds, and training images sharing a group with the official test "
+                   "split leave training; with --dedup group, groups and duplicate clusters join "
+                   "(default: none)"),
     "strategy": dict(choices=STRATEGY_CHOICES, help="auto (default: mirrored over several local GPUs, "
                      "multiworker when JAX_COORDINATOR_ADDRESS describes a cluster, else none), none, mirrored, "
                      "multiworker (JAX only: Keras 3 cannot fit under TensorFlow's multi-worker strategy); "
@@ -211,6 +231,13 @@ def _parent(*adders) -> argparse.ArgumentParser:
 
 def _quiet(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _seeds(p):
+    p.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+                   help="train each backbone N times on the same split, training seeded by --seed, --seed + 1, "
+                        "...; the leaderboard gives mean and SD over seeds, ties are tested over images and seeds "
+                        "(with N > 1, run writes a comparison folder of one backbone; default: 1)")
 
 
 def _resume(what: str):
@@ -290,13 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(module=f"suite.commands.{name}")
         return p
 
-    p = command("run", "train and evaluate one backbone; prints the run folder", parents=[quiet])
+    seeds = _parent(_seeds)
+    p = command("run", "train and evaluate one backbone; prints the run folder", parents=[quiet, seeds])
     add_run_arguments(p)
 
     p = command("compare", "train every backbone under identical conditions; prints the comparison folder",
-                parents=[quiet])
+                parents=[quiet, seeds])
     p.add_argument("--backbones", type=_backbone_list, default=None,
                    help="comma-separated backbones (default: every registered one)")
+    p.add_argument("--external", action="append", default=[], type=_existing_dir, metavar="DIR",
+                   help="also evaluate every backbone on this dataset (any layout, or only DIR/Testing/<class>/), "
+                        "checking how many of its images copy training images (may repeat)")
     add_run_arguments(p, [n for n in USER_FIELDS if n != "backbone"])
 
     p = command("cv", "stratified K-fold cross-validation of one backbone; prints the CV folder",
@@ -351,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "duplicate candidates (default: 10 of 64 bits)")
     p.add_argument("--tol", type=float, default=None, help="pixel tolerance confirming a near duplicate "
                    "(default: 0.11; about 0.2 also groups neighbouring slices of one scan)")
+    p.add_argument("--groups", type=_groups_file, default=None, metavar="FILE",
+                   help="CSV of path,group lines (path relative to --data): also report test images whose "
+                        "patient group has images in training or validation")
 
     p = command("check", "check run, comparison or CV folders against metric thresholds (exit 1 when a check "
                           "fails, 2 when the thresholds match no run)")

@@ -62,7 +62,10 @@ class RunConfig:
         augment: ``none`` or ``light`` (flips, small rotations and zooms; training only).
         val_fraction: stratified share of the training pool held out for validation.
         test_fraction: share of a single-folder dataset held out as the test set.
-        seed: seeds the split, the weights initialisation and the shuffling.
+        seed: seeds the split, and with ``replicate`` the weights initialisation, the
+            shuffling, dropout and augmentation.
+        replicate: which training replicate on the split of ``seed``: training is seeded by
+            ``seed + replicate`` (``--seeds N`` trains replicates 0 .. N-1 on one split).
         weights: ``auto``, ``imagenet``, ``none`` or a weights-file path.
         precision: ``auto`` (mixed bf16 on a GPU, fp32 on a CPU), ``fp32``, ``bf16``, ``fp16``.
         early_stopping: patience in epochs on ``val_accuracy``; ``None`` disables it.
@@ -74,6 +77,10 @@ class RunConfig:
             ``report`` (leak-free test metrics beside the full ones), ``group`` (a
             duplicate cluster never straddles train/validation/test) or ``drop`` (test
             images with a training twin are removed).
+        groups: a CSV file of ``path,group`` lines (``suite.data.groups``): the images of one
+            patient (or scan volume) never straddle train/validation/test or folds; training
+            images sharing a group with an official test folder leave training; under
+            ``dedup="group"`` groups and duplicate clusters join. ``None``: no groups.
         strategy: ``auto`` (mirrored over several local devices, multi-worker when a JAX
             cluster is configured, else none), ``none``, ``mirrored`` or ``multiworker``; see
             ``suite.runtime``. ``batch_size`` is the global batch, split across replicas.
@@ -93,6 +100,7 @@ class RunConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+    replicate: int = 0
     weights: str = "auto"
     precision: str = "auto"
     early_stopping: int | None = None
@@ -100,11 +108,13 @@ class RunConfig:
     protocol: str = "default"
     pool_splits: bool = False
     dedup: str = "report"
+    groups: str | None = None
     strategy: str = "auto"
     cpu_devices: int | None = None
 
     def __post_init__(self):
         _check(self.image_size >= 32, f"image_size must be at least 32, got {self.image_size}")
+        _check(self.replicate >= 0, f"replicate must be at least 0, got {self.replicate}")
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
@@ -116,6 +126,8 @@ class RunConfig:
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}")
         _check(self.dedup in DEDUP_MODES, f"dedup must be one of {DEDUP_MODES}, got {self.dedup!r}")
+        _check(self.groups is None or (isinstance(self.groups, str) and self.groups.strip() != ""),
+               f"groups must be the path of a CSV file, got {self.groups!r}")
         _check(self.strategy in STRATEGY_CHOICES, f"strategy must be one of {STRATEGY_CHOICES}")
         _check(self.cpu_devices is None or self.cpu_devices >= 1,
                f"cpu_devices must be at least 1, got {self.cpu_devices}")
@@ -123,6 +135,11 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def training_seed(self) -> int:
+        """What seeds everything random in training (not the split): ``seed + replicate``."""
+        return self.seed + self.replicate
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what is computed (everything but ``PLACEMENT_FIELDS``)."""

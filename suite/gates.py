@@ -301,18 +301,23 @@ def _read_container(path: Path) -> dict:
 
 
 def _comparison_spots(folder: Path) -> list[_Spot]:
+    """Every run of a comparison: with ``--seeds``, every replicate of every backbone."""
     spots = []
-    for entry in _read_container(folder / COMPARISON).get("runs", []):
-        backbone = entry.get("backbone")
-        if not entry.get("run_dir"):
-            spots.append(_Spot(None, backbone, folder.name,
-                               f"failed before it made a run folder: {entry.get('error') or 'no error recorded'}"))
-            continue
-        run_dir = Path(os.path.normpath(folder / entry["run_dir"]))
-        missing = not (run_dir / MANIFEST).is_file()
-        spots.append(_Spot(run_dir, backbone, problem=f"run folder {run_dir} is missing (listed in {folder.name})"
-                           if missing else None))
+    for member in _read_container(folder / COMPARISON).get("runs", []):
+        spots += [_comparison_spot(folder, {"backbone": member.get("backbone"), **entry})
+                  for entry in member.get("seeds") or [member]]
     return spots
+
+
+def _comparison_spot(folder: Path, entry: Mapping) -> _Spot:
+    backbone = entry.get("backbone")
+    if not entry.get("run_dir"):
+        return _Spot(None, backbone, folder.name,
+                     f"failed before it made a run folder: {entry.get('error') or 'no error recorded'}")
+    run_dir = Path(os.path.normpath(folder / entry["run_dir"]))
+    missing = not (run_dir / MANIFEST).is_file()
+    return _Spot(run_dir, backbone, problem=f"run folder {run_dir} is missing (listed in {folder.name})"
+                 if missing else None)
 
 
 def _cv_spots(folder: Path) -> list[_Spot]:

@@ -36,7 +36,8 @@ def classification_metrics(
         seed: seed of the bootstrap; the same seed gives the same intervals. Defaults to 0.
 
     Returns:
-        ``accuracy``, ``accuracy_ci``, ``macro_f1``, ``macro_f1_ci``, ``per_class``
+        ``accuracy``, ``accuracy_ci``, ``balanced_accuracy`` (the mean recall over the classes
+        present in ``y_true``), ``balanced_accuracy_ci``, ``macro_f1``, ``macro_f1_ci``, ``per_class``
         (``{label: {precision, recall, f1, support, f1_ci, recall_ci}}``),
         ``confusion_matrix`` (rows true, columns predicted), ``labels``, ``n_test``,
         ``roc_auc_macro``, ``roc_auc`` (``{label: auc}``), ``roc_curves`` (see
@@ -52,6 +53,8 @@ def classification_metrics(
     return {
         "accuracy": point["accuracy"],
         "accuracy_ci": ci["accuracy"],
+        "balanced_accuracy": point["balanced_accuracy"],
+        "balanced_accuracy_ci": ci["balanced_accuracy"],
         "macro_f1": point["macro_f1"],
         "macro_f1_ci": ci["macro_f1"],
         "per_class": {
@@ -68,6 +71,41 @@ def classification_metrics(
         "reliability": reliability_bins(y_true, probs, N_BINS),
         "bootstrap": {"n_resamples": int(n_resamples), "confidence": float(confidence), "seed": int(seed)},
     }
+
+
+# What ``leak_free`` keeps of the metrics of the images that have no twin in training.
+LEAK_FREE_KEYS = ("accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1", "macro_f1_ci",
+                  "per_class", "confusion_matrix", "n_test")
+
+
+def leak_free_metrics(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], keep: np.ndarray, *,
+                      definition: str, **bootstrap) -> dict:
+    """Metrics on the images ``keep`` selects (those with no exact or near twin in training), beside the full ones.
+
+    The kept images' class mix can differ wildly from the full set's (one class may lose most
+    of its images to duplicates), so ``per_class`` carries each class's ``support`` and
+    ``recall`` and ``balanced_accuracy`` stands beside ``accuracy``.
+
+    Args:
+        y_true: integer labels of every image, shape ``(n,)``.
+        probs: class probabilities, shape ``(n, len(labels))``.
+        labels: class names, in column order.
+        keep: boolean mask, shape ``(n,)``: the leak-free images.
+        definition: what "leak-free" means here, in words, recorded with the figures.
+        **bootstrap: ``n_resamples``, ``confidence``, ``seed`` for :func:`classification_metrics`.
+
+    Returns:
+        ``definition``, ``n_excluded`` and ``n_test`` (the leak-free images: 0 when none is
+        left, and then nothing else), and :data:`LEAK_FREE_KEYS` of :func:`classification_metrics`.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(y_true),):
+        raise ValueError(f"keep must have shape ({len(y_true)},) to match y_true, got {keep.shape}")
+    summary = {"definition": definition, "n_excluded": int((~keep).sum())}
+    if not keep.any():
+        return {**summary, "n_test": 0}
+    full = classification_metrics(np.asarray(y_true)[keep], np.asarray(probs)[keep], labels, **bootstrap)
+    return {**summary, **{k: full[k] for k in LEAK_FREE_KEYS}}
 
 
 # ----------------------------------------------------------------------------------
@@ -127,10 +165,70 @@ def _figures_of(key: str, value, suffix: str = "") -> dict[str, float]:
     return {}
 
 
-def leaderboard_columns(labels: Sequence[str]) -> list[str]:
-    """The leaderboard's columns for these class labels, in order."""
+# With several seeds per backbone: the spread across them, after the accuracy and macro-F1 columns.
+SEED_COLUMNS = ("n_seeds", "accuracy_sd", "accuracy_min", "accuracy_max", "macro_f1_sd")
+
+
+# Per external dataset (``compare --external``), as ``ext_<slug>_<figure>``: accuracy and balanced
+# accuracy on it, the same without the images that copy a training image, the share of such
+# copies, and the drop from the internal test accuracy (internal minus external).
+EXTERNAL_FIGURES = ("accuracy", "balanced_accuracy", "leak_free_accuracy", "leak_free_balanced_accuracy",
+                    "contamination", "drop")
+
+
+def external_columns(slug: str) -> list[str]:
+    return [f"ext_{slug}_{figure}" for figure in EXTERNAL_FIGURES]
+
+
+def external_figures(slug: str, evaluation: Mapping, internal_accuracy: float | None) -> dict:
+    """A run's ``ext_<slug>_*`` leaderboard cells from its evaluation's ``metrics.json``."""
+    leak_free, contamination = evaluation.get("leak_free") or {}, evaluation.get("contamination") or {}
+    accuracy = evaluation.get("accuracy")
+    drop = internal_accuracy - accuracy if is_number(internal_accuracy) and is_number(accuracy) else None
+    values = (accuracy, evaluation.get("balanced_accuracy"), leak_free.get("accuracy"),
+              leak_free.get("balanced_accuracy"), contamination.get("fraction"), drop)
+    return dict(zip(external_columns(slug), values))
+
+
+def leaderboard_columns(labels: Sequence[str], *, seeds: bool = False, externals: Sequence[str] = ()) -> list[str]:
+    """The leaderboard's columns for these class labels, in order (``seeds``: with the spread across
+    seeds; ``externals``: the slugs of external datasets, each with :data:`EXTERNAL_FIGURES`)."""
     per_class = [f"{stat}_{label}" for label in labels for stat in PER_CLASS_COLUMNS]
-    return [*LEADERBOARD_HEAD, *per_class, *LEADERBOARD_TAIL]
+    external = [column for slug in externals for column in external_columns(slug)]
+    return [*LEADERBOARD_HEAD, *(SEED_COLUMNS if seeds else ()), *per_class, *external, *LEADERBOARD_TAIL]
+
+
+def seed_summary_row(replicates: Sequence[Mapping], *, labels: Sequence[str], externals: Sequence[str] = (),
+                     **given) -> dict:
+    """A backbone's leaderboard row over its seeds: each figure's mean over the replicates' rows.
+
+    ``*_ci_low`` / ``*_ci_high`` are then the mean of the replicates' own intervals (the test-set
+    uncertainty of one training); ``accuracy_sd`` and ``macro_f1_sd`` (sample SD, ddof=1) the
+    spread across seeds; ``accuracy_min`` / ``accuracy_max`` its range. ``None`` where no
+    replicate has the figure.
+
+    Args:
+        replicates: leaderboard rows (:func:`leaderboard_row`) of the completed replicates.
+        labels: the class labels of the per-class columns.
+        **given: values of other columns (``backbone``, ``status``, ``tier``, ``error``).
+    """
+    row = {}
+    for column in leaderboard_columns(labels, seeds=True, externals=externals):
+        values = [r[column] for r in replicates if is_number(r.get(column))]
+        if column in ("params", "image_size"):  # the same for every replicate
+            row[column] = values[0] if values else None
+        else:
+            row[column] = float(np.mean(values)) if values else None
+    accuracy = [r["accuracy"] for r in replicates if is_number(r.get("accuracy"))]
+    f1 = [r["macro_f1"] for r in replicates if is_number(r.get("macro_f1"))]
+    row.update(n_seeds=len(replicates), accuracy_sd=_sd(accuracy), macro_f1_sd=_sd(f1),
+               accuracy_min=min(accuracy) if accuracy else None, accuracy_max=max(accuracy) if accuracy else None)
+    row.update(given)
+    return row
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def leaderboard_row(metrics: Mapping | None, manifest: Mapping | None = None, *,
@@ -256,11 +354,11 @@ def _interval(samples: np.ndarray, confidence: float) -> list[float | None]:
 
 
 def _bootstrap_intervals(y_true, y_pred, n_classes, n_resamples, confidence, seed) -> dict:
-    """Intervals of accuracy, macro-F1 and per-class F1 and recall from one set of resamples.
+    """Intervals of accuracy, balanced accuracy, macro-F1 and per-class F1 and recall from one set of resamples.
 
     Returns:
-        ``{"accuracy": [lo, hi], "macro_f1": [lo, hi], "f1": [[lo, hi], ...], "recall": [...]}``
-        with one ``[lo, hi]`` per class in ``f1`` and ``recall``.
+        ``{"accuracy": [lo, hi], "balanced_accuracy": [lo, hi], "macro_f1": [lo, hi], "f1": [[lo, hi], ...],
+        "recall": [...]}`` with one ``[lo, hi]`` per class in ``f1`` and ``recall``.
     """
     idx = _resample_indices(len(y_true), n_resamples, seed)
     # One code per (true, predicted) pair: gathering it once is half the work of gathering both.
@@ -268,11 +366,15 @@ def _bootstrap_intervals(y_true, y_pred, n_classes, n_resamples, confidence, see
     cm = _confusion_stack(pair[idx], n_classes)
     recall, f1 = _per_class_rates(cm)
     accuracy = np.trace(cm, axis1=1, axis2=2) / len(y_true)
+    # Mean recall over the classes each resample holds, as the point estimate averages over the
+    # classes the test set holds (every resample holds at least one image, so at least one class).
+    balanced = np.nanmean(recall, axis=1)
     # Undefined F1 counts as 0, as in the point estimate (scikit-learn, zero_division=0),
     # so the interval describes the same statistic as the number it surrounds.
     macro_f1 = np.nan_to_num(f1, nan=0.0).mean(axis=1)
     return {
         "accuracy": _interval(accuracy, confidence),
+        "balanced_accuracy": _interval(balanced, confidence),
         "macro_f1": _interval(macro_f1, confidence),
         # Per class, a resample without the class says nothing about it: left out, not 0.
         "f1": [_interval(f1[:, k], confidence) for k in range(n_classes)],
@@ -422,7 +524,7 @@ def _macro_auc(curves: dict) -> float | None:
 
 
 def _point_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     ids = list(range(len(labels)))
@@ -431,6 +533,8 @@ def _point_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]
     )
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        # scikit-learn's balanced_accuracy_score: mean recall over the classes present in y_true
+        "balanced_accuracy": float(recall[support > 0].mean()),
         "macro_f1": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
         "per_class": {
             label: {

@@ -118,7 +118,7 @@ def build_model(spec: BackboneSpec, config: RunConfig, n_classes: int, weights: 
     size = config.image_size
     inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
     x = inputs
-    for layer in augmentation_layers(config.augment, config.seed):
+    for layer in augmentation_layers(config.augment, config.training_seed):
         x = layer(x)
     pre = preprocessing_layer(spec.preprocessing)
     if pre is not None:
@@ -144,7 +144,7 @@ def classifier_head(config: RunConfig, n_classes: int) -> list:
     import keras
 
     return [
-        keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout"),
+        keras.layers.Dropout(config.dropout, seed=config.training_seed, name="dropout"),
         # The softmax stays in float32 under mixed precision, for stable probabilities.
         keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs"),
     ]

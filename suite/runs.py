@@ -6,12 +6,15 @@ checks that a resumed folder was made with the same settings. It imports neither
 nor TensorFlow, so the reporter and the gates can use it on any machine.
 
 Folder kinds (``FOLDER_KINDS``, most specific first):
-    comparison  comparison.json, leaderboard.csv/.json, gradcam.npz, report.html
+    comparison  comparison.json, leaderboard.csv/.json (with --seeds: leaderboard_seeds.csv/.json),
+                gradcam.npz, report.html
     cv          cv.json, fold-K/ run folders (each with official_test_metrics.json), report.html
     tuning      search.json, tuning.json, keras_tuner/, retrained run folders, report.html
     audit       audit.json, audit.html
-    evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, report.html
-    run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, logs/, report.html
+    evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, contamination.csv,
+                report.html
+    run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, training_hashes.npz,
+                logs/, report.html
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import datetime as dt
 import importlib
 import json
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,6 +46,8 @@ INDEX = "index.html"
 COMPARISON = "comparison.json"
 LEADERBOARD_JSON = "leaderboard.json"
 LEADERBOARD_CSV = "leaderboard.csv"
+SEEDS_JSON = "leaderboard_seeds.json"
+SEEDS_CSV = "leaderboard_seeds.csv"
 GRADCAM = "gradcam.npz"
 CV = "cv.json"
 OFFICIAL_TEST = "official_test_metrics.json"
@@ -51,6 +57,8 @@ TRIAL = "suite_trial.json"
 TUNER_PROJECT = "keras_tuner"
 AUDIT = "audit.json"
 AUDIT_REPORT = "audit.html"
+TRAINING_HASHES = "training_hashes.npz"  # what a run trained on, for contamination checks (suite.contamination)
+CONTAMINATION = "contamination.csv"  # an evaluation's images that are copies of the run's training images
 LOCK = ".lock"
 
 
@@ -88,6 +96,16 @@ def check_out_outside(out: str | Path, data_root: str | Path) -> None:
     if out == data_root or data_root in out.parents:
         raise SuiteError(f"--out {out} is inside the dataset folder {data_root}: results written there would be "
                          "read as images by the next run; choose an output folder outside the dataset")
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: Path) -> Iterator[Path]:
+    """Remove ``folder`` (one this process has just made) if the block fails: no half-made result folder."""
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
@@ -357,6 +375,12 @@ class RunFolder:
 
     def metrics(self) -> dict:
         return read_json(self.path / METRICS)
+
+    @property
+    def training_hashes(self) -> Path | None:
+        """The run's record of its training and validation images; ``None`` for a run made before it was kept."""
+        path = self.path / TRAINING_HASHES
+        return path if path.is_file() else None
 
     def load_model(self):
         """The best checkpoint, as Keras loads it (safe mode on: a file holding code, such as a

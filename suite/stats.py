@@ -4,6 +4,12 @@ Two models evaluated on the same images are paired: only the images where exactl
 of them is right say anything about which is better. McNemar's test uses exactly those,
 Holm's step-down method keeps the chance of any false "better" across all pairs at
 ``alpha``, and :func:`tie_groups` turns the results into leaderboard tiers.
+
+With several training seeds per model (``--seeds N``) a second source of variation enters:
+the same backbone trained twice on the same split scores differently. McNemar's test sees
+one model per side and so ignores it. :func:`seed_bootstrap` resamples both sources at once,
+the test images (the same resample for both models: still paired on images) and, within each
+model, its seeds, and reads the p-value off the distribution of the accuracy difference.
 """
 
 from __future__ import annotations
@@ -52,6 +58,60 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
             "p_value": float(p_value), "method": method, "n": int(a.size)}
 
 
+SEED_METHOD = "bootstrap over test images (paired) and seeds"
+N_BOOTSTRAP = 4000
+
+
+def seed_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, n_resamples: int = N_BOOTSTRAP,
+                   seed: int = 0, confidence: float = 0.95) -> dict:
+    """Two-level bootstrap of the accuracy difference of two models trained under several seeds.
+
+    Each resample draws the test images with replacement (one draw for both models, which
+    keeps them paired on images) and, independently for each model, its seeds with
+    replacement; the difference of mean accuracy over the drawn seeds and images is one
+    sample. The two-sided p-value is twice the share of samples on the far side of zero.
+
+    Args:
+        correct_a: whether each seed of model a got each image right, shape ``(seeds_a, n)``.
+        correct_b: the same for model b, shape ``(seeds_b, n)``, same images in the same order.
+        n_resamples: bootstrap resamples. Defaults to 4000.
+        seed: seed of the resampling.
+        confidence: coverage of ``ci``.
+
+    Returns:
+        ``diff`` (accuracy a - b), ``ci`` of the difference, ``p_value``, ``method``, ``n``
+        (images), ``seeds_a``, ``seeds_b``.
+    """
+    a, b = _as_seed_matrix(correct_a, "correct_a"), _as_seed_matrix(correct_b, "correct_b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"correct_a and correct_b must cover the same images, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples) / n  # image resample, shared
+    diffs = _seed_means(weights @ a.T, rng) - _seed_means(weights @ b.T, rng)
+    p_value = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    tail = (1 - confidence) / 2
+    return {"diff": float(a.mean() - b.mean()), "ci": [float(v) for v in np.quantile(diffs, [tail, 1 - tail])],
+            "p_value": float(p_value), "method": SEED_METHOD, "n": int(n),
+            "seeds_a": int(a.shape[0]), "seeds_b": int(b.shape[0])}
+
+
+def _seed_means(per_seed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per resample, the mean over seeds drawn with replacement of ``per_seed`` (resamples x seeds)."""
+    n_resamples, n_seeds = per_seed.shape
+    drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    return np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1)
+
+
+def _as_seed_matrix(values, name: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim == 1:
+        values = values[None, :]
+    if values.ndim != 2:
+        raise ValueError(f"{name} must be (seeds, images), got shape {values.shape}")
+    return np.stack([_as_correct(row, name) for row in values]).astype(np.float64)
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the order given.
 
@@ -75,20 +135,27 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def pairwise_tests(correct: Mapping[str, np.ndarray], alpha: float = 0.05) -> list[dict]:
-    """McNemar's test for every pair of models, Holm-corrected across all pairs.
+    """A paired test for every pair of models, Holm-corrected across all pairs.
+
+    McNemar's test when each model is one trained network; :func:`seed_bootstrap` when any
+    model was trained under several seeds (its correctness is then ``(seeds, images)``).
 
     Args:
-        correct: model name -> per-image correctness on the same test images, in the same order.
+        correct: model name -> per-image correctness on the same test images, in the same order,
+            shape ``(n,)``, or ``(seeds, n)`` for a model trained under several seeds.
         alpha: family-wise error rate. Defaults to 0.05.
 
     Returns:
         One dict per unordered pair, in the order of ``itertools.combinations`` over the
-        mapping: ``a``, ``b``, ``accuracy_a``, ``accuracy_b``, ``only_a``, ``only_b``,
-        ``method``, ``p_value`` (raw), ``p_holm``, ``significant`` (``p_holm < alpha``),
-        ``winner`` (the more accurate name when significant, else ``None``) and ``sentence``.
+        mapping: ``a``, ``b``, ``accuracy_a``, ``accuracy_b``, ``method``, ``p_value`` (raw),
+        ``p_holm``, ``significant`` (``p_holm < alpha``), ``winner`` (the more accurate name
+        when significant, else ``None``) and ``sentence``; McNemar adds ``only_a`` and
+        ``only_b``, the seed bootstrap ``diff_ci``, ``seeds_a`` and ``seeds_b``.
     """
     pairs = list(combinations(correct, 2))
-    raw = [mcnemar(correct[a], correct[b]) for a, b in pairs]
+    seeded = any(np.ndim(c) == 2 and np.shape(c)[0] > 1 for c in correct.values())
+    test = seed_bootstrap if seeded else (lambda a, b: mcnemar(np.ravel(a), np.ravel(b)))
+    raw = [test(correct[a], correct[b]) for a, b in pairs]
     adjusted = holm([r["p_value"] for r in raw])
     return [_pair_result(a, b, correct, r, p, alpha) for (a, b), r, p in zip(pairs, raw, adjusted)]
 
@@ -148,25 +215,32 @@ def _pair_result(a: str, b: str, correct: Mapping, raw: dict, p_holm: float, alp
     """The record of one pair; see :func:`pairwise_tests`."""
     accuracy_a, accuracy_b = float(np.mean(correct[a])), float(np.mean(correct[b]))
     significant = p_holm < alpha
-    # Paired on the same images, accuracy_a - accuracy_b == (only_a - only_b) / n.
-    winner = (a if raw["only_a"] > raw["only_b"] else b) if significant else None
+    winner = (a if accuracy_a > accuracy_b else b) if significant else None
+    if "only_a" in raw:
+        extra = {"only_a": raw["only_a"], "only_b": raw["only_b"]}
+    else:
+        extra = {"diff_ci": raw["ci"], "seeds_a": raw["seeds_a"], "seeds_b": raw["seeds_b"]}
     return {
-        "a": a, "b": b, "accuracy_a": accuracy_a, "accuracy_b": accuracy_b,
-        "only_a": raw["only_a"], "only_b": raw["only_b"], "method": raw["method"],
-        "p_value": raw["p_value"], "p_holm": p_holm, "significant": bool(significant),
-        "winner": winner, "sentence": _sentence(a, b, accuracy_a, accuracy_b, p_holm, winner),
+        "a": a, "b": b, "accuracy_a": accuracy_a, "accuracy_b": accuracy_b, **extra, "method": raw["method"],
+        "p_value": raw["p_value"], "p_holm": p_holm, "significant": bool(significant), "winner": winner,
+        "sentence": _sentence(a, b, accuracy_a, accuracy_b, p_holm, winner, _test_name(raw["method"])),
     }
 
 
-def _sentence(a: str, b: str, accuracy_a: float, accuracy_b: float, p_holm: float, winner: str | None) -> str:
+def _test_name(method: str) -> str:
+    return "Holm-corrected bootstrap over images and seeds" if method == SEED_METHOD else "Holm-corrected McNemar"
+
+
+def _sentence(a: str, b: str, accuracy_a: float, accuracy_b: float, p_holm: float, winner: str | None,
+              test: str = "Holm-corrected McNemar") -> str:
     """Plain-English verdict on one pair."""
     if winner is None:
-        return f"{a} and {b} are statistically tied ({format_p(p_holm)}, Holm-corrected McNemar)"
+        return f"{a} and {b} are statistically tied ({format_p(p_holm)}, {test})"
     if winner == a:
         loser, acc_w, acc_l = b, accuracy_a, accuracy_b
     else:
         loser, acc_w, acc_l = a, accuracy_b, accuracy_a
-    return (f"{winner} is better than {loser} ({format_p(p_holm)}, Holm-corrected McNemar; "
+    return (f"{winner} is better than {loser} ({format_p(p_holm)}, {test}; "
             f"{acc_w:.3f} vs {acc_l:.3f} accuracy)")
 
 

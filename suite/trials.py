@@ -409,6 +409,8 @@ def trial_folds(data, cv: int | None, seed: int, *, grouped: bool = False) -> li
         cv: K, or ``None`` for the run's own split.
         seed: seeds the folds (``StratifiedKFold(shuffle=True, random_state=seed)``).
         grouped: keep each duplicate cluster inside one fold (``--dedup group``), as ``suite cv`` does.
+            Whatever it says, a unit of ``data.unit`` (patient groups from ``--groups``, joined with
+            duplicate clusters under ``--dedup group``) is kept inside one fold.
 
     Raises:
         SuiteError: a class with fewer images than folds.
@@ -422,10 +424,12 @@ def trial_folds(data, cv: int | None, seed: int, *, grouped: bool = False) -> li
     if smallest < cv:
         raise SuiteError(f"--cv {cv} needs at least {cv} training images per class; the smallest class has "
                          f"{smallest}")
-    clusters = getattr(data, "cluster", None)
-    if grouped and clusters is not None:
+    units = getattr(data, "unit", None)
+    if units is None and grouped:
+        units = getattr(data, "cluster", None)
+    if units is not None:
         folds = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed).split(
-            pool, data.y[pool], clusters[pool])
+            pool, data.y[pool], units[pool])
     else:
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(pool, data.y[pool])
     return [(pool[train], pool[held]) for train, held in folds]

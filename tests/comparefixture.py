@@ -14,6 +14,11 @@ The test images (small synthetic slices, real PNGs) live in ``root/data``.
 ``build_every_kind(root)`` adds a folder of every other kind from hand-written records (as
 the suite writes them, without training): a cross-validation, a finished search, a search
 still running and a dataset audit.
+
+``build_seeded_comparison(root)`` writes a comparison trained under three seeds
+(``suite compare --seeds 3``): three replicate run folders per backbone (one replicate of
+``resnet50`` failed), the per-backbone and per-seed leaderboards, and pairwise tests by the
+bootstrap over images and seeds.
 """
 
 from __future__ import annotations
@@ -483,3 +488,159 @@ def build_every_kind(root: Path) -> dict:
     out = paths["out"]
     return {**paths, "cv": write_cv(out), "tuning": write_tuning(out), "search": write_search(out),
             "audit": write_audit(out, root / "data", paths["images"])}
+
+
+# ----------------------------------------------------------------------------------
+# A comparison trained under several seeds (suite compare --seeds 3)
+# ----------------------------------------------------------------------------------
+# Replicate k of a backbone trains with seed 42 + k on the split of seed 42. The leaderboards
+# are made from the hand-written run files by suite.metrics' own row functions, as
+# suite.commands.compare makes them.
+
+SEEDED_DIR = "20261128-120000-compare"
+N_SEEDS = 3
+CONFIG_SEED = 42
+BOOTSTRAP = "bootstrap over test images (paired) and seeds"  # suite.stats.SEED_METHOD
+SEED_FAILED_ERROR = "ResourceExhaustedError: OOM in replicate 1 <seed 43>"
+# backbone -> (accuracy of each replicate, None where it failed; latency ms; tier)
+SEEDED = {
+    "efficientnetb0": ([0.975, 0.95, 0.975], 7.8, 1),
+    EVIL: ([0.95, 0.925, 0.975], 12.5, 1),
+    "mobilenetv2": ([0.9, 0.875, 0.85], 4.1, 2),
+    "resnet50": ([0.925, None, 0.9], 20.0, None),
+}
+# (a, b) -> p, Holm p, significant, CI of accuracy a - b; worded as suite.stats writes them.
+SEEDED_P = {
+    ("efficientnetb0", EVIL): (0.55, 0.55, False, [-0.025, 0.058]),
+    ("efficientnetb0", "mobilenetv2"): (0.001, 0.003, True, [0.042, 0.142]),
+    (EVIL, "mobilenetv2"): (0.012, 0.024, True, [0.017, 0.125]),
+}
+SEEDED_SENTENCES = {
+    ("efficientnetb0", EVIL): f"efficientnetb0 and {EVIL} are statistically tied (p = 0.55, Holm-corrected "
+                              "bootstrap over images and seeds)",
+    ("efficientnetb0", "mobilenetv2"): "efficientnetb0 is better than mobilenetv2 (p = 0.003, Holm-corrected "
+                                       "bootstrap over images and seeds; 0.967 vs 0.875 accuracy)",
+    (EVIL, "mobilenetv2"): f"{EVIL} is better than mobilenetv2 (p = 0.024, Holm-corrected bootstrap over images "
+                           "and seeds; 0.950 vs 0.875 accuracy)",
+}
+
+
+def seed_run_folder(backbone: str, replicate: int) -> str:
+    """The run folder name of one replicate."""
+    index = list(SEEDED).index(backbone)
+    slug = "evil" if backbone == EVIL else backbone
+    return f"20261128-11{index}{replicate}00-{slug}"
+
+
+def write_seed_run(out: Path, backbone: str, replicate: int, images) -> Path:
+    """One replicate's run folder: complete, or failed with manifest and history only."""
+    accuracies, latency, _ = SEEDED[backbone]
+    accuracy = accuracies[replicate]
+    folder = seed_run_folder(backbone, replicate)
+    run_dir = out / folder
+    run_dir.mkdir()
+    manifest = manifest_for(backbone, folder, f"2026-11-28T11:{replicate}0:00+01:00", failed=accuracy is None)
+    manifest["config"].update(seed=CONFIG_SEED, replicate=replicate)
+    if accuracy is None:
+        manifest["error"] = SEED_FAILED_ERROR
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    quality = 0.4 + 0.5 * (accuracy or 0.0)
+    _write_csv(run_dir / "history.csv", _history(quality, epochs=1 if accuracy is None else 6))
+    if accuracy is not None:
+        metrics = metrics_for(accuracy, _ci(accuracy, 0.1), latency + 0.2 * replicate, quality)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+        _write_csv(run_dir / "predictions.csv", _prediction_rows(images, n_wrong=round(10 * (1 - accuracy))))
+    return run_dir
+
+
+def _seed_result(backbone: str, replicate: int, run_dir: Path) -> dict:
+    failed = SEEDED[backbone][0][replicate] is None
+    return {"replicate": replicate, "run_dir": f"../{run_dir.name}", "status": "failed" if failed else "completed",
+            "error": SEED_FAILED_ERROR if failed else None}
+
+
+def _seeded_entry(backbone: str, run_dirs: list[Path]) -> dict:
+    """A ``runs`` entry as suite.commands.compare writes it: the first replicate, every replicate under seeds."""
+    seeds = [_seed_result(backbone, k, run_dir) for k, run_dir in enumerate(run_dirs)]
+    failed = [r for r in seeds if r["status"] != "completed"]
+    return {"backbone": backbone, "run_dir": seeds[0]["run_dir"], "status": "failed" if failed else "completed",
+            "error": failed[0]["error"] if failed else None, "seeds": seeds}
+
+
+def _seeded_tables(entries: list[dict], comp_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The leaderboard (mean over seeds) and the per-seed leaderboard."""
+    from suite.metrics import leaderboard_row, leaderboard_sort_key, seed_summary_row
+
+    board, per_seed = [], []
+    for entry in entries:
+        rows = []
+        for result in entry["seeds"]:
+            run_dir = comp_dir / result["run_dir"]
+            manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+            metrics_path = run_dir / "metrics.json"
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+            row = leaderboard_row(metrics, manifest, labels=LABELS, backbone=entry["backbone"],
+                                  status=result["status"], error=result["error"])
+            seed = CONFIG_SEED + result["replicate"] if result["status"] == "completed" else None  # as compare does
+            per_seed.append({"replicate": result["replicate"], "training_seed": seed, **row})
+            rows += [row] if result["status"] == "completed" else []
+        board.append(seed_summary_row(rows, labels=LABELS, backbone=entry["backbone"], status=entry["status"],
+                                      tier=SEEDED[entry["backbone"]][2], error=entry["error"]))
+    return sorted(board, key=leaderboard_sort_key), per_seed
+
+
+def _seeded_pairwise() -> list[dict]:
+    tests = []
+    for (a, b), (p, p_holm, significant, ci) in SEEDED_P.items():
+        accuracy_a, accuracy_b = (sum(SEEDED[name][0]) / N_SEEDS for name in (a, b))
+        tests.append({"a": a, "b": b, "accuracy_a": accuracy_a, "accuracy_b": accuracy_b, "diff_ci": ci,
+                      "seeds_a": N_SEEDS, "seeds_b": N_SEEDS, "method": BOOTSTRAP, "p_value": p, "p_holm": p_holm,
+                      "significant": significant, "winner": a if significant else None,
+                      "sentence": SEEDED_SENTENCES[(a, b)]})
+    return tests
+
+
+def _write_table(comp_dir: Path, name: str, rows: list[dict], header: list[str]) -> None:
+    (comp_dir / f"{name}.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    _write_csv(comp_dir / f"{name}.csv", [{k: ("" if row.get(k) is None else row.get(k)) for k in header}
+                                          for row in rows])
+
+
+def write_seeded_comparison(out: Path, runs: dict[str, list[Path]], images) -> Path:
+    """The comparison folder of a ``--seeds 3`` comparison."""
+    from suite.metrics import leaderboard_columns
+
+    comp_dir = out / SEEDED_DIR
+    comp_dir.mkdir()
+    entries = [_seeded_entry(backbone, run_dirs) for backbone, run_dirs in runs.items()]
+    completed = [e["backbone"] for e in entries if e["status"] == "completed"]
+    comparison = {
+        "schema": 1, "kind": "comparison", "comparison_id": SEEDED_DIR, "created": "2026-11-28T12:00:00+01:00",
+        "config": {"epochs": 5, "image_size": 224, "batch_size": 32, "seed": CONFIG_SEED, "alpha": 0.05,
+                   "weights": "imagenet"},
+        "dataset": manifest_for("efficientnetb0", "x", "")["dataset"], "seeds": N_SEEDS,
+        "split_fingerprint": SPLIT, "split_fingerprints": {b: SPLIT for b in runs}, "labels": LABELS,
+        "runs": entries, "pairwise": _seeded_pairwise(),
+        "p_matrix": {"names": completed, "values": [[None if a == b else SEEDED_P.get((a, b), SEEDED_P.get((b, a)))[1]
+                                                     for b in completed] for a in completed]},
+        "tiers": {b: SEEDED[b][2] for b in completed},
+        "gradcam": write_gradcam(comp_dir, images),
+    }
+    (comp_dir / "comparison.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+    board, per_seed = _seeded_tables(entries, comp_dir)
+    _write_table(comp_dir, "leaderboard", board, leaderboard_columns(LABELS, seeds=True))
+    _write_table(comp_dir, "leaderboard_seeds", per_seed, ["replicate", "training_seed", *leaderboard_columns(LABELS)])
+    return comp_dir
+
+
+def build_seeded_comparison(root: Path) -> dict:
+    """Write a seeded comparison and its replicates' run folders under ``root``; returns the interesting paths.
+
+    Returns:
+        ``{"out", "comp", "runs": {backbone: [run folder of each replicate]}, "images"}``.
+    """
+    images = write_images(root / "data")
+    out = root / "out"
+    out.mkdir()
+    runs = {backbone: [write_seed_run(out, backbone, k, images) for k in range(N_SEEDS)] for backbone in SEEDED}
+    return {"out": out, "comp": write_seeded_comparison(out, runs, images), "runs": runs, "images": images}

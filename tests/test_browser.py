@@ -1,5 +1,8 @@
 """Open the comparison report in headless Chromium: it renders, every image decodes, nothing runs.
 
+Both fixture comparisons are opened: the plain one and the one trained under several seeds
+(with its seed spread plot).
+
 The product report has no JavaScript. To see what the browser made of it, the test
 writes a *copy* with two small scripts added (a probe for ``alert`` and an image
 counter) and reads the resulting DOM back with ``--dump-dom``.
@@ -14,7 +17,7 @@ import subprocess
 import pytest
 
 from reports import write_comparison_report
-from tests.comparefixture import EVIL, build_comparison
+from tests.comparefixture import EVIL, build_comparison, build_seeded_comparison
 
 
 def _find_chromium() -> str | None:
@@ -57,6 +60,8 @@ window.addEventListener("load", function () {
   out.setAttribute("data-loaded", String(loaded.length));
   out.setAttribute("data-total", String(page.length));
   out.setAttribute("data-probe-loaded", String(probe.complete && probe.naturalWidth > 0));
+  var seeds = Array.prototype.slice.call(document.querySelectorAll("#seeds img"));
+  out.setAttribute("data-seed-plots", String(seeds.filter(function (img) { return img.naturalWidth > 0; }).length));
   var evil = ["<", "script>alert(1)<", "/script>"].join("");  // a literal end tag would close this script
   out.setAttribute("data-evil-as-text", String(document.body.innerText.indexOf(evil) >= 0));
   document.body.appendChild(out);
@@ -68,6 +73,13 @@ window.addEventListener("load", function () {
 def report(tmp_path_factory):
     """The written comparison report of the standard fixture."""
     paths = build_comparison(tmp_path_factory.mktemp("browser"))
+    return write_comparison_report(paths["comp"])
+
+
+@pytest.fixture(scope="module")
+def seeded_report(tmp_path_factory):
+    """The written comparison report of the fixture trained under three seeds."""
+    paths = build_seeded_comparison(tmp_path_factory.mktemp("browser-seeds"))
     return write_comparison_report(paths["comp"])
 
 
@@ -98,7 +110,9 @@ def test_screenshot_is_not_blank(report, tmp_path):
     assert plain < 0.9 * rgb.width * rgb.height
 
 
-def test_every_image_loads_and_names_stay_text(report, tmp_path):
+@pytest.mark.parametrize("which", ["report", "seeded_report"], ids=["plain", "seeded"])
+def test_every_image_loads_and_names_stay_text(request, which, tmp_path):
+    report = request.getfixturevalue(which)
     html = report.read_text(encoding="utf-8")
     assert "<script" not in html.lower()  # the product page itself has no JavaScript
     n_images = html.count("<img ")
@@ -114,6 +128,7 @@ def test_every_image_loads_and_names_stay_text(report, tmp_path):
     assert attributes["total"] == str(n_images) and n_images > 20
     assert attributes["loaded"] == attributes["total"], attributes
     assert attributes["probe-loaded"] == "false"  # the counter does notice a broken image
+    assert attributes["seed-plots"] == ("1" if which == "seeded_report" else "0")  # the seed spread drew
     assert attributes["evil-as-text"] == "true"  # the hostile name is shown as text
     assert ESCAPED in dom and EVIL not in dom
     assert 'name="alert-called"' not in dom

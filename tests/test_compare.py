@@ -135,3 +135,90 @@ def test_run_and_compare_give_the_same_flags_the_same_configuration(tiny_data, t
         configs[side] = {k: v for k, v in json.loads(manifest.read_text())["config"].items() if k != "out"}
     assert configs["run"] == configs["compare"]
     assert configs["run"]["image_size"] == 150
+
+
+def _external_set(tiny_data: Path, root: Path) -> Path:
+    """A test-only "external" dataset: 2 training images per class copied as they are, 2 new ones per class."""
+    make_dataset(root / "new", n_train=1, n_test=2, seed=7)
+    external = root / "External Set <b>"
+    for folder in (tiny_data / "Training").iterdir():
+        target = external / "Testing" / folder.name
+        target.mkdir(parents=True)
+        for path in sorted(folder.iterdir())[:2]:
+            shutil.copy(path, target / f"copy-{path.name}")
+        for path in sorted((root / "new" / "Testing" / folder.name).iterdir()):
+            shutil.copy(path, target / f"new-{path.name}")
+    return external
+
+
+@pytest.mark.slow
+def test_seeds_and_external_sets_in_one_comparison(tiny_data, tmp_path, capsys):
+    """compare --backbones mobilenetv2,efficientnetb0 --external DIR --seeds 2: per-seed and per-external
+    columns, every replicate kept and gated, and the report renders in headless Chromium."""
+    out = tmp_path / "runs"
+    external = _external_set(tiny_data, tmp_path)
+    code = main(["compare", "--backbones", "mobilenetv2,efficientnetb0", "--seeds", "2", "--data", str(tiny_data),
+                 "--external", str(external), "--out", str(out), "--image-size", "32", "--epochs", "1",
+                 "--batch-size", "8", "--weights", "none", "--quiet"])
+    assert code == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    _check_external_columns(folder)
+    _check_report_renders(folder, tmp_path)
+    comp = json.loads((folder / "comparison.json").read_text())
+    assert comp["seeds"] == 2 and all(len(m["seeds"]) == 2 for m in comp["runs"])
+    assert {t["method"] for t in comp["pairwise"]} == {"bootstrap over test images (paired) and seeds"}
+    rows = json.loads((folder / "leaderboard.json").read_text())
+    assert {r["n_seeds"] for r in rows} == {2} and all(r["accuracy_sd"] is not None for r in rows)
+    per_seed = json.loads((folder / "leaderboard_seeds.json").read_text())
+    assert sorted((r["backbone"], r["replicate"]) for r in per_seed) == [
+        ("efficientnetb0", 0), ("efficientnetb0", 1), ("mobilenetv2", 0), ("mobilenetv2", 1)]
+    configs = {}
+    for member in comp["runs"]:
+        for seed in member["seeds"]:
+            config = json.loads(((folder / seed["run_dir"]) / "manifest.json").read_text())["config"]
+            configs[(member["backbone"], seed["replicate"])] = config
+            assert config["replicate"] == seed["replicate"] and config["seed"] == 0
+    split = {json.loads(((folder / s["run_dir"]) / "manifest.json").read_text())["split_fingerprint"]
+             for m in comp["runs"] for s in m["seeds"]}
+    assert len(split) == 1  # one split for every seed and backbone
+    assert main(["check", "--require", "accuracy>=0", str(folder)]) == 0
+    assert "4 passed" in capsys.readouterr().out  # every replicate is gated
+
+
+def _check_external_columns(folder: Path) -> None:
+    comp = json.loads((folder / "comparison.json").read_text())
+    assert [e["name"] for e in comp["externals"]] == ["External Set <b>"]
+    slug = comp["externals"][0]["slug"]
+    assert slug == "external_set_b"
+    with open(folder / "leaderboard.csv", newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    for figure in ("accuracy", "balanced_accuracy", "leak_free_accuracy", "contamination", "drop"):
+        assert f"ext_{slug}_{figure}" in header
+    rows = json.loads((folder / "leaderboard.json").read_text())
+    for row in rows:
+        assert row[f"ext_{slug}_contamination"] == pytest.approx(0.5)  # 8 copies among 16 images
+    with open(folder / "leaderboard_seeds.csv", newline="", encoding="utf-8") as f:
+        per_seed = list(csv.DictReader(f))
+    assert len(per_seed) == 4 and all(r[f"ext_{slug}_accuracy"] for r in per_seed)
+
+
+def _check_report_renders(folder: Path, tmp_path: Path) -> None:
+    from tests.test_browser import CHROMIUM, _chromium
+
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert "External Set &lt;b&gt;" in html and "Seed spread" in html
+    if CHROMIUM is None:
+        pytest.skip("no chromium: the report was written but not opened in a browser")
+    result = _chromium(tmp_path, folder / "report.html", "--virtual-time-budget=5000", "--dump-dom")
+    assert 'id="external"' in result.stdout and 'id="seeds"' in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_run_with_seeds_compares_the_replicates_of_one_backbone(tiny_data, tmp_path, capsys):
+    code = main(["run", "--backbone", "mobilenetv2", "--seeds", "2", "--data", str(tiny_data),
+                 "--out", str(tmp_path / "runs"), "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--weights", "none", "--quiet"])
+    assert code == 0
+    folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    comp = json.loads((folder / "comparison.json").read_text())
+    assert [m["backbone"] for m in comp["runs"]] == ["mobilenetv2"] and len(comp["runs"][0]["seeds"]) == 2

@@ -228,7 +228,8 @@ def test_pairwise_matrix_and_sentences(built):
         assert sentence.replace(EVIL, ESCAPED) in tests
     assert tests.count('class="win"') == 1 and tests.count('class="loss"') == 1
     assert re.search(r'class="win"[^>]*>0\.012<', tests)  # efficientnetb0 (row) beat mobilenetv2
-    assert "<td>exact</td>" in tests  # the test method, in the details table
+    assert tests.count("<td>McNemar (exact binomial)</td>") == 3  # the test used, in the details table
+    assert "p-value of McNemar&#39;s test between" in tests  # and above the matrix
 
 
 def test_failed_backbone_and_error_shown(built):

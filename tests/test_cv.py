@@ -138,3 +138,27 @@ def test_grouped_folds_keep_duplicate_clusters_together():
     for s in fold_splits(labels, np.arange(36), 3, val_fraction=0.2, seed=1, groups=groups):
         parts = [set(groups[p].tolist()) for p in (s.train, s.val, s.test)]
         assert not (parts[0] & parts[2]) and not (parts[1] & parts[2]) and not (parts[0] & parts[1])
+
+
+def test_cv_pool_loses_training_twins_of_official_test_images_under_dedup_group(tmp_path):
+    """What ``suite cv`` folds over: the training pool less the official test split and, with units
+    (here duplicate clusters), less the training copies of official test images."""
+    import shutil
+
+    from suite.commands.cv import cv_splits
+    from suite.data.dataset import prepare_data
+    from suite.data.discover import discover
+    from tests.imagegen import make_dataset
+
+    root = make_dataset(tmp_path / "data", n_train=6, n_test=2)
+    source = root / "Training" / "glioma_tumor" / "image(0) é.png"
+    shutil.copyfile(source, root / "Testing" / "glioma_tumor" / "copy.png")
+    kw = dict(image_size=32, val_fraction=0.2, test_fraction=0.2, seed=0, progress=False)
+    for dedup, pooled in (("report", 24), ("group", 23)):
+        data = prepare_data(discover(root), dedup=dedup, **kw)
+        splits, official_test = cv_splits(data, 2, val_fraction=0.2, seed=0)
+        held = np.concatenate([s.test for s in splits])
+        assert len(official_test) == 9 and len(held) == pooled
+        assert not set(held.tolist()) & set(official_test.tolist())
+        twin = next(i for i, e in enumerate(data.entries) if e.path == source)
+        assert (twin in held) is (dedup == "report")

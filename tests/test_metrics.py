@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -21,6 +23,7 @@ from suite.metrics import (
     leaderboard_columns,
     leaderboard_row,
     leaderboard_sort_key,
+    leak_free_metrics,
     named_figures,
     reliability_bins,
     roc_curves,
@@ -75,6 +78,61 @@ def test_point_metrics_match_sklearn(metrics):
     assert metrics["labels"] == LABELS and metrics["n_test"] == 400
 
 
+def _balanced_accuracy(y_true, y_pred) -> float:
+    """scikit-learn's, without its warning about predicted classes the truth lacks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return balanced_accuracy_score(y_true, y_pred)
+
+
+@pytest.mark.parametrize("case", ["all classes", "class absent from the truth", "one class"])
+def test_balanced_accuracy_is_sklearns(case):
+    y, probs = _predictions(300)
+    keep = {"all classes": y >= 0, "class absent from the truth": y != 2, "one class": y == 1}[case]
+    m = classification_metrics(y[keep], probs[keep], LABELS, n_resamples=100)
+    assert m["balanced_accuracy"] == pytest.approx(_balanced_accuracy(y[keep], probs[keep].argmax(axis=1)))
+
+
+def test_balanced_accuracy_interval_is_a_bootstrap_over_the_same_resamples():
+    y, probs = _predictions(300)
+    m = classification_metrics(y, probs, LABELS, n_resamples=200)
+    one_by_one = bootstrap_ci(y, probs.argmax(axis=1), _balanced_accuracy, n_resamples=200, batched=False)
+    assert list(one_by_one) == pytest.approx(m["balanced_accuracy_ci"])
+    low, high = m["balanced_accuracy_ci"]
+    assert low < m["balanced_accuracy"] < high
+
+
+def test_balanced_accuracy_differs_from_accuracy_on_a_skewed_mix():
+    y = np.array([0] * 90 + [1] * 10)
+    probs = np.eye(2)[np.zeros(100, dtype=int)]  # always class 0
+    m = classification_metrics(y, probs, ["a", "b"], n_resamples=50)
+    assert m["accuracy"] == pytest.approx(0.9) and m["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_leak_free_metrics_are_the_metrics_of_the_kept_images():
+    y, probs = _predictions(200)
+    keep = np.arange(200) % 3 != 0
+    leak = leak_free_metrics(y, probs, LABELS, keep, definition="no twin", n_resamples=100)
+    direct = classification_metrics(y[keep], probs[keep], LABELS, n_resamples=100)
+    assert leak["n_test"] == keep.sum() and leak["n_excluded"] == (~keep).sum() and leak["definition"] == "no twin"
+    for key in ("accuracy", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1_ci", "per_class",
+                "confusion_matrix"):
+        assert leak[key] == direct[key], key
+    assert {stat for stats in leak["per_class"].values() for stat in stats} >= {"support", "recall"}
+
+
+def test_leak_free_metrics_with_no_image_left():
+    y, probs = _predictions(20)
+    assert leak_free_metrics(y, probs, LABELS, np.zeros(20, bool), definition="d") == \
+        {"definition": "d", "n_excluded": 20, "n_test": 0}
+
+
+def test_leak_free_mask_of_the_wrong_length_is_refused():
+    y, probs = _predictions(20)
+    with pytest.raises(ValueError, match="keep must have shape"):
+        leak_free_metrics(y, probs, LABELS, np.ones(19, bool), definition="d")
+
+
 def test_bootstrap_settings_are_recorded(metrics):
     assert metrics["bootstrap"] == {"n_resamples": 1000, "confidence": 0.95, "seed": 0}
 
@@ -84,7 +142,7 @@ def test_bootstrap_settings_are_recorded(metrics):
 # ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["accuracy", "macro_f1"])
+@pytest.mark.parametrize("key", ["accuracy", "balanced_accuracy", "macro_f1"])
 def test_interval_contains_point_estimate(metrics, key):
     low, high = metrics[f"{key}_ci"]
     assert low < metrics[key] < high

@@ -117,3 +117,49 @@ def test_finish_logs_an_index_failure_and_keeps_the_report(every):
     assert path == every["tuning"] / "report.html" and path.is_file()
     assert len(logged) == 1
     assert re.match(r"warning: .*index\.html could not be updated: IsADirectoryError: ", logged[0]), logged
+
+
+# ----------------------------------------------------------------------------------
+# Leak-free figures across CV folds
+# ----------------------------------------------------------------------------------
+
+
+def _fold_metrics(seed: int, keep_class_1: bool) -> dict:
+    """A fold's metrics.json as ``suite run --dedup report`` writes it: full and leak-free, from predictions."""
+    import numpy as np
+
+    from suite.metrics import classification_metrics, leak_free_metrics
+
+    rng = np.random.default_rng(seed)
+    labels = ["glioma", "meningioma", "no_tumor"]
+    y = np.repeat([0, 1, 2], 20)
+    probs = rng.dirichlet(np.ones(3), size=len(y))
+    probs[np.arange(len(y)), y] += rng.random(len(y)) > 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+    keep = (np.arange(len(y)) % 3 != 0) & ((y != 1) | keep_class_1)  # leaks everywhere; fold 2 leaks all class 1
+    metrics = classification_metrics(y, probs, labels, n_resamples=100)
+    metrics["leak_free"] = leak_free_metrics(y, probs, labels, keep, definition="d", n_resamples=100)
+    return metrics
+
+
+def test_cv_report_sets_full_beside_leak_free_with_the_class_mix(every):
+    from suite.commands.cv import aggregate, fold_figures
+
+    cv_dir = every["cv"]
+    cv = json.loads((cv_dir / runs.CV).read_text(encoding="utf-8"))
+    folds = [{**fold, "metrics": fold_figures(_fold_metrics(k, keep_class_1=k == 1))}
+             for k, fold in enumerate(cv["folds"], start=1)]
+    assert "leak_free_recall_meningioma" in folds[0]["metrics"]
+    assert "leak_free_recall_meningioma" not in folds[1]["metrics"]  # no image of the class left: no recall
+    assert folds[1]["metrics"]["leak_free_support_meningioma"] == 0
+    summary = aggregate(folds)
+    assert summary["n_folds"] == {"leak_free_recall_meningioma": 1}
+    cv.update(folds=folds, labels=["glioma", "meningioma", "no_tumor"], **summary)
+    cv.pop("official_test")
+    (cv_dir / runs.CV).write_text(json.dumps(cv), encoding="utf-8")
+    html = reports.write_report(cv_dir).read_text(encoding="utf-8")
+    assert "Full versus leak-free held-out images" in html and "balanced accuracy" in html
+    assert "(1 of 2 folds)" in html and "support, leak-free" in html
+    assert "60.0 ± 0.0" in html  # full test images per fold
+    for name in ("balanced_accuracy", "leak_free_accuracy", "leak_free_balanced_accuracy"):
+        assert f">{name}<" in html, name  # columns of the folds table

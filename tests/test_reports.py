@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from reports import load_run, plots, render_run, run_context, toolkit, write_run_report
+from suite.contamination import CSV_HEADER
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -405,3 +406,150 @@ def test_reporting_does_not_import_keras_or_tensorflow(make_run):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (run_dir / "report.html").is_file()
+
+
+# ----------------------------------------------------------------------------------
+# Leak-free figures and an evaluation's contamination
+# ----------------------------------------------------------------------------------
+
+TWO = ["glioma", "meningioma"]
+
+
+def _with_leak_free(run_dir: pathlib.Path) -> dict:
+    """Give a two-class run's metrics a leak-free part whose class mix differs wildly: no meningioma left."""
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics.update(balanced_accuracy=0.7012, balanced_accuracy_ci=[0.61, 0.79], accuracy_ci=[0.7, 0.9])
+    metrics["per_class"] = {"glioma": {"precision": 0.8, "recall": 0.9, "f1": 0.85, "support": 12},
+                            "meningioma": {"precision": 0.6, "recall": 0.5, "f1": 0.55, "support": 6}}
+    metrics["n_test"] = 18
+    metrics["leak_free"] = {
+        "definition": "test images with no exact or near-duplicate training or validation image", "n_excluded": 8,
+        "n_test": 10, "accuracy": 0.6, "accuracy_ci": [0.3, 0.9], "balanced_accuracy": 0.6,
+        "balanced_accuracy_ci": [0.3, 0.9], "macro_f1": 0.375, "macro_f1_ci": [0.2, 0.5],
+        "per_class": {"glioma": {"precision": 1.0, "recall": 0.6, "f1": 0.75, "support": 10},
+                      "meningioma": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}},
+        "confusion_matrix": [[6, 4], [0, 0]]}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return metrics
+
+
+def test_leak_free_figures_show_balanced_accuracy_and_each_class_mix(make_run):
+    run_dir = make_run(labels=TWO)
+    _with_leak_free(run_dir)
+    html = write_run_report(run_dir).read_text(encoding="utf-8")
+    results = _section(html, "results")
+    assert "balanced accuracy [95% CI]" in results and "0.701 [0.610, 0.790]" in results
+    assert "0.600 [0.300, 0.900]" in results  # leak-free accuracy and balanced accuracy
+    context = run_context(load_run(run_dir))["leakage"]
+    assert context["per_class"] == [
+        {"label": "glioma", "full_support": "12 (66.7%)", "full_recall": "0.900",
+         "leak_free_support": "10 (100.0%)", "leak_free_recall": "0.600"},
+        # no meningioma image is left: its recall is undefined, not 0
+        {"label": "meningioma", "full_support": "6 (33.3%)", "full_recall": "0.500",
+         "leak_free_support": "0", "leak_free_recall": toolkit.DASH}]
+    assert "support, leak-free" in results
+
+
+def test_leak_free_with_no_image_left_shows_no_figures(make_run):
+    run_dir = make_run(labels=TWO)
+    metrics = _with_leak_free(run_dir)
+    metrics["leak_free"] = {"definition": "d", "n_excluded": 18, "n_test": 0}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    leakage = run_context(load_run(run_dir))["leakage"]
+    assert [row["name"] for row in leakage["rows"]] == ["images"]
+    assert {row["leak_free_support"] for row in leakage["per_class"]} == {"0"}
+
+
+def _evaluation(make_run, tmp_path, contamination: dict, rows: list[dict] | None) -> pathlib.Path:
+    """An evaluation folder (from the run fixture) with a contamination record and, if given, its CSV."""
+    run_dir = make_run("evaluation", labels=TWO)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "kind": "evaluation"}), encoding="utf-8")
+    metrics = _with_leak_free(run_dir)
+    metrics["contamination"] = contamination
+    if contamination["count"] is None:  # not checked: no leak-free figures either
+        del metrics["leak_free"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    if rows is not None:
+        with (run_dir / "contamination.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_HEADER)
+            writer.writeheader()
+            writer.writerows(rows)
+    return run_dir
+
+
+def _contamination(check="pixels", count=8, exact=3):
+    return {"check": check, "detail": "exact copies by content digest; near candidates confirmed on pixels",
+            "n_evaluated": 18, "count": count, "fraction": count / 18 if count is not None else None,
+            "exact": exact, "near": None if count is None else count - exact,
+            "by_class": {"glioma": {"n_evaluated": 12, "count": 2, "fraction": 2 / 12, "exact": 1, "near": 1},
+                         "meningioma": {"n_evaluated": 6, "count": 6, "fraction": 1.0, "exact": 2, "near": 4}},
+            "twin_splits": {"train": 7, "val": 1}, "label_conflicts": 0, "twins_on_pixels": 5, "twins_gone": 0,
+            "settings": {"threshold": 10, "tol": 0.11, "image_size": 64, "hash_only_threshold": 2},
+            "training": {"file": "training_hashes.npz", "root": "/data/training set", "n_train": 40, "n_val": 5,
+                         "root_found": True}}
+
+
+def _pair_rows(tmp_path) -> list[dict]:
+    evaluated = [_write_image(tmp_path / "external" / f"scan {i}.png", 60 + 20 * i) for i in range(3)]
+    twin = _write_image(tmp_path / "training" / "twin é.png", 60)
+    gone = tmp_path / "training" / "moved away.png"
+    return [
+        {"path": str(evaluated[0]), "label": "glioma", "kind": "exact", "method": "digest", "hamming": 0,
+         "pixel_distance": "0.0000", "twin_path": str(twin), "twin_label": "glioma", "twin_split": "train",
+         "twin_on_disk": "yes"},
+        {"path": str(evaluated[1]), "label": "meningioma", "kind": "near", "method": "pixels", "hamming": 2,
+         "pixel_distance": "0.0412", "twin_path": str(twin), "twin_label": "glioma", "twin_split": "val",
+         "twin_on_disk": "yes"},
+        {"path": str(evaluated[2]), "label": "meningioma", "kind": "near", "method": "hash", "hamming": 0,
+         "pixel_distance": "", "twin_path": str(gone), "twin_label": "meningioma", "twin_split": "train",
+         "twin_on_disk": "no"},
+    ]
+
+
+def test_an_evaluation_with_training_copies_leads_with_a_banner_and_shows_the_pairs(make_run, tmp_path):
+    run_dir = _evaluation(make_run, tmp_path, _contamination(), _pair_rows(tmp_path))
+    html = write_run_report(run_dir).read_text(encoding="utf-8")
+    first = html.index('class="banner')
+    assert html.index("include the run&#39;s own training images") < html.index('class="banner', first + 1)
+    assert "8 of 18 evaluated images (44.4%)" in html and "3 exact, 5 near" in html
+    section = _section(html, "contamination")
+    assert "44.4%" in section and "100.0%" in section  # meningioma: every image a copy
+    assert "train 7, val 1" in section and "/data/training set" in section
+    pairs = section[section.index("Example pairs"):]
+    # near pairs first (the least alike first), then the exact one
+    assert pairs.index("scan 1.png") < pairs.index("scan 2.png") < pairs.index("scan 0.png")
+    assert pairs.count('src="data:image/jpeg;base64,') == 3 + 2  # three evaluated images, two twins on disk
+    assert "twin file gone" in pairs and "moved away.png" in pairs and "twin é.png" in pairs
+    assert "Full versus leak-free" in _section(html, "results")
+
+
+def test_an_evaluation_that_could_not_be_checked_says_so_first(make_run, tmp_path):
+    why = "not possible: the run folder has no training_hashes.npz (it was made before runs recorded them)"
+    run_dir = _evaluation(make_run, tmp_path, {**_contamination(count=None, exact=None), "check": why}, None)
+    html = write_run_report(run_dir).read_text(encoding="utf-8")
+    top = html[: html.index('id="results"')]
+    assert "Not checked for the run&#39;s training images" in top and "made before runs recorded them" in top
+    assert "Full versus leak-free" not in html
+    assert "Not checked: not possible" in _section(html, "contamination")
+
+
+def test_an_evaluation_checked_on_hashes_alone_says_so(make_run, tmp_path):
+    clean = {**_contamination("hash-only", count=0, exact=0), "detail": "the training images are no longer at "
+             "their recorded paths under /data/training set"}
+    html = write_run_report(_evaluation(make_run, tmp_path, clean, [])).read_text(encoding="utf-8")
+    top = html[: html.index('id="results"')]
+    assert "Checked for training images on hashes only" in top and "no longer at their recorded paths" in top
+    assert "none: no evaluated image has a training twin" in _section(html, "contamination")
+
+
+def test_a_clean_evaluation_checked_on_pixels_has_no_banner(make_run, tmp_path):
+    clean = _contamination(count=0, exact=0)
+    context = run_context(load_run(_evaluation(make_run, tmp_path, clean, [])))
+    assert not [b for b in context["banners"] if "training images" in b["title"]]
+    assert context["contamination"]["fraction"] == "0.0%"
+
+
+def test_a_run_has_no_contamination_section(report):
+    _, html = report
+    assert 'id="contamination"' not in html

@@ -11,6 +11,7 @@ from pathlib import Path
 from suite import runs
 from suite.data.audit import audit, slug
 from suite.data.discover import discover
+from suite.data.groups import read_groups
 from suite.io import write_json_atomic
 
 
@@ -35,12 +36,14 @@ def run_audit(data_dir: str | Path, out: str | Path | None = None, **kw) -> Path
         out: parent folder of the audit folder (default ``runs``); the audit goes to
             ``<out>/<timestamp>-audit-<dataset name>/``.
         **kw: passed to :func:`audit` (``image_size``, ``threshold``, ``tol``,
-            ``progress``, ``workers``, ``examples``).
+            ``progress``, ``workers``, ``examples``, ``groups``).
 
     Returns:
         The audit folder.
     """
     started = time.perf_counter()
+    if kw.get("groups") is not None:  # a malformed groups file fails before the dataset is read
+        kw["groups"] = read_groups(kw["groups"])
     index = discover(data_dir, check=False)
     runs.check_out_outside(out or "runs", index.root)
     discovered_s = time.perf_counter() - started
@@ -52,6 +55,7 @@ def run_audit(data_dir: str | Path, out: str | Path | None = None, **kw) -> Path
 
 
 def main(args) -> int:
-    settings = {k: v for k, v in (("threshold", args.threshold), ("tol", args.tol)) if v is not None}
+    settings = {k: v for k, v in (("threshold", args.threshold), ("tol", args.tol), ("groups", args.groups))
+                if v is not None}
     print(run_audit(args.data, out=args.out, progress=not args.quiet, **settings))
     return 0

@@ -25,8 +25,11 @@ from suite.io import read_json, write_json_atomic
 from suite.metrics import named_figures
 
 # The figures cv.json aggregates over folds (names as suite.metrics.named_figures gives them).
-FOLD_FIGURES = ("accuracy", "macro_f1")
-PER_CLASS_FIGURES = ("recall", "f1")
+FOLD_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "n_test")
+PER_CLASS_FIGURES = ("recall", "f1", "support")
+# Of the leak-free test images (with --dedup report), named "leak_free_<figure>".
+LEAK_FREE_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "n_test")
+LEAK_FREE_PER_CLASS = ("support", "recall")
 
 
 def fold_splits(
@@ -40,8 +43,8 @@ def fold_splits(
         k: number of folds.
         val_fraction: share of the remaining rows held out for validation (checkpointing).
         seed: the same seed gives the same folds.
-        groups: duplicate-cluster ids; when given, a cluster never straddles folds (nor
-            a fold's train/validation parts).
+        groups: unit ids (duplicate clusters, patient groups, or both joined); when given, a
+            unit never straddles folds (nor a fold's train/validation parts).
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -66,6 +69,26 @@ def fold_splits(
     return splits
 
 
+def cv_splits(data, k: int, *, val_fraction: float, seed: int) -> tuple[list[Split], np.ndarray]:
+    """The K folds of a prepared dataset's training pool, and the official test rows kept out of them.
+
+    The pool is every row but the official test split (a flat layout has none). With units
+    (``data.unit``: patient groups from ``--groups``, joined with duplicate clusters under
+    ``--dedup group``), a unit never straddles folds, and pool images whose unit has an
+    official test image leave the pool.
+
+    Returns:
+        ``(splits, official_test)``: one :class:`Split` per fold, and the official test rows.
+    """
+    labels = np.array([e.label for e in data.entries])
+    official_test = data.split.test if data.index.layout == "split" else np.array([], dtype=int)
+    pool = np.setdiff1d(np.arange(len(labels)), official_test)
+    groups = data.unit  # None when there are neither patient groups nor --dedup group
+    if groups is not None:  # training twins and same-patient images of official test images leave the pool
+        pool = pool[~np.isin(groups[pool], groups[official_test])]
+    return fold_splits(labels, pool, k, val_fraction=val_fraction, seed=seed, groups=groups), official_test
+
+
 def summarise(values: list[float], confidence: float = 0.95) -> dict:
     """Mean, sample standard deviation and a Student-t interval across folds."""
     from scipy import stats
@@ -78,17 +101,35 @@ def summarise(values: list[float], confidence: float = 0.95) -> dict:
 
 
 def fold_figures(metrics: Mapping) -> dict:
-    """The figures cv.json aggregates: accuracy, macro-F1, per-class recall and F1."""
+    """The figures cv.json aggregates: accuracy, balanced accuracy, macro-F1, test images, per-class recall,
+    F1 and support; with leak-free metrics (``--dedup report``) the same as ``leak_free_<figure>``: accuracy,
+    balanced accuracy, macro-F1, test images and per-class support and recall (a class with no leak-free
+    image has no recall). Figures a metrics file lacks (written before they were kept) are left out."""
     figures = named_figures(metrics)
     names = [*FOLD_FIGURES, *(f"{stat}_{label}" for label in metrics["per_class"] for stat in PER_CLASS_FIGURES)]
-    return {name: figures[name] for name in names}
+    out = {name: figures[name] for name in names if name in figures}
+    leak = metrics.get("leak_free")
+    if isinstance(leak, Mapping):
+        leak_figures = named_figures({k: v for k, v in leak.items() if k != "per_class"})
+        out.update({f"leak_free_{name}": leak_figures[name] for name in LEAK_FREE_FIGURES if name in leak_figures})
+        for label, stats in (leak.get("per_class") or {}).items():
+            out.update({f"leak_free_{stat}_{label}": float(stats[stat]) for stat in LEAK_FREE_PER_CLASS
+                        if stat == "support" or stats["support"]})
+    return out
 
 
 def aggregate(folds: list[dict], key: str = "metrics") -> dict:
-    """``{"mean": {...}, "std": {...}, "ci": {...}}`` over the folds' ``key`` figures."""
-    names = list(folds[0][key])
-    stats = {name: summarise([f[key][name] for f in folds]) for name in names}
-    return {part: {name: s[part] for name, s in stats.items()} for part in ("mean", "std", "ci")}
+    """``{"mean": {...}, "std": {...}, "ci": {...}}`` over the folds' ``key`` figures.
+
+    A figure some folds lack (a leak-free recall where a fold kept no image of the class) is
+    summarised over the folds that have it, and ``n_folds`` (``{figure: folds}``) says over how many.
+    """
+    names = list(dict.fromkeys(name for f in folds for name in f[key]))
+    values = {name: [f[key][name] for f in folds if name in f[key]] for name in names}
+    stats = {name: summarise(v) for name, v in values.items()}
+    out = {part: {name: s[part] for name, s in stats.items()} for part in ("mean", "std", "ci")}
+    partial = {name: len(v) for name, v in values.items() if len(v) < len(folds)}
+    return {**out, "n_folds": partial} if partial else out
 
 
 def cross_validate(
@@ -112,13 +153,7 @@ def cross_validate(
         raise SuiteError(f"cross-validation needs at least 2 folds, got {folds}")
     prepared = prepare(flags, progress=progress, log=log)
     data, config = prepared.data, prepared.config
-    labels = np.array([e.label for e in data.entries])
-    official_test = data.split.test if data.index.layout == "split" else np.array([], dtype=int)
-    pool = np.setdiff1d(np.arange(len(labels)), official_test)
-    groups = data.cluster if config.dedup == "group" else None
-    if groups is not None:  # training twins of official test images leave the pool
-        pool = pool[~np.isin(groups[pool], groups[official_test])]
-    splits = fold_splits(labels, pool, folds, val_fraction=config.val_fraction, seed=config.seed, groups=groups)
+    splits, official_test = cv_splits(data, folds, val_fraction=config.val_fraction, seed=config.seed)
     cv_dir = _cv_folder(resume, config, prepared.spec.name)
     with runs.folder_lock(cv_dir, "cv"):
         plan = _plan(cv_dir, config, data, folds, resume is not None)

@@ -1,11 +1,15 @@
 """``suite evaluate``: score a finished run's model on another dataset (external validation).
 
 run folder (model, labels, image size) + dataset -> decode -> predict -> metrics on the classes
-the model knows, unseen classes counted apart -> evaluation folder (manifest, metrics, predictions, report).
+the model knows, unseen classes counted apart -> contamination: which evaluated images are copies
+of the run's own training images, and the metrics without them -> evaluation folder (manifest,
+metrics, predictions, contamination, report).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +19,60 @@ import numpy as np
 from reports import finish
 from suite import runs
 from suite.commands import log
+from suite.contamination import CSV_HEADER, Contamination, check_evaluated
 from suite.data.decode import load_images
-from suite.data.discover import discover
+from suite.data.discover import CARD_NAME, SPLIT_ALIASES, DatasetIndex, discover, order_labels
 from suite.errors import DataError
 from suite.io import write_csv_atomic, write_json_atomic
+
+
+def evaluation_index(data_dir) -> DatasetIndex:
+    """``discover(data_dir, check=False)``, and also a folder holding only a test split (``DIR/Testing/<class>/``,
+    as when only the test split was downloaded), which discovery refuses for want of a training folder.
+
+    Raises:
+        DataError: what discovery says about any other folder it cannot read.
+    """
+    try:
+        return discover(data_dir, check=False)
+    except DataError:
+        root = Path(data_dir).expanduser().resolve()
+        parts = _split_folders(root) if root.is_dir() else {}
+        if not parts or "train" in parts:
+            raise
+        return _split_without_training(root, parts)
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    found = {}
+    for d in sorted(root.iterdir()):
+        split = SPLIT_ALIASES.get(d.name.lower())
+        if split and d.is_dir() and not d.name.startswith("."):
+            found.setdefault(split, d)
+    return found
+
+
+def _split_without_training(root: Path, parts: dict[str, Path]) -> DatasetIndex:
+    """Each split folder read as a class-folder dataset of its own, its files put back under their split.
+
+    A stopgap until ``discover(..., check=False)`` accepts a split layout without a training folder.
+    """
+    entries, skipped, folders = [], [], {}
+    for split, folder in sorted(parts.items()):
+        part = discover(folder, check=False)
+        entries += [dataclasses.replace(e, split=split) for e in part.entries]
+        skipped += [dataclasses.replace(s, split=split) for s in part.skipped]
+        for label, names in part.class_folders.items():
+            folders.setdefault(label, set()).update(names)
+    card = root / CARD_NAME
+    try:
+        card = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the dataset card {card}: {exc}") from exc
+    return DatasetIndex(root=root, layout="split", entries=tuple(entries),
+                        labels=order_labels(e.label for e in entries),
+                        class_folders={label: sorted(names) for label, names in sorted(folders.items())},
+                        card=card, skipped=tuple(skipped))
 
 
 def select_entries(index, split: str):
@@ -51,12 +105,16 @@ def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progr
 
     Images of classes the model never saw are predicted and reported (how many, what
     they were called) but left out of the metrics, which only make sense on known classes.
+    Every evaluated image is compared with the run's training and validation images
+    (:mod:`suite.contamination`): ``metrics.json`` gains ``contamination`` and, when the
+    check could run, ``leak_free`` (the metrics without the copies), and ``runs.CONTAMINATION``
+    lists each copy with its training twin.
     """
-    from suite.metrics import classification_metrics, prediction_rows
+    from suite.metrics import classification_metrics
     run = runs.RunFolder(run_dir)
     model, source, labels, size = run.load_model(), run.manifest, run.labels, run.image_size
     run_dir = run.path
-    index = discover(data_dir, check=False)
+    index = evaluation_index(data_dir)
     runs.check_out_outside(out or run_dir.parent, index.root)
     entries, split = select_entries(index, split)
     decoded = load_images([e.path for e in entries], size, progress=progress)
@@ -72,16 +130,49 @@ def evaluate_external(run_dir, data_dir, *, out=None, split: str = "auto", progr
     y_true = np.array([labels.index(e.label) for e in kept if e.label in labels])
     metrics = classification_metrics(y_true, probs[seen], labels)
     metrics["unseen_classes"] = unseen_summary(kept, labels, predicted)
+    contamination = _contamination(run_dir, kept, progress, log)
+    metrics["contamination"] = contamination.summary
+    if contamination.possible:
+        metrics["leak_free"] = _leak_free(y_true, probs[seen], labels, ~contamination.found[seen])
     folder = runs.new_run_dir(out or run_dir.parent, f"evaluate-{source['backbone']}")
     skipped = [{"path": str(e.path), "reason": r} for e, r in zip(entries, decoded.reasons) if r is not None]
+    _write_results(folder, metrics, contamination, kept, probs, labels)
+    runs.write_manifest(folder, _manifest(folder, run_dir, source, index, split, metrics, skipped))
+    finish(folder, log)
+    return folder
+
+
+def _write_results(folder: Path, metrics: dict, contamination: Contamination, kept, probs, labels) -> None:
+    """``metrics.json``, ``predictions.csv`` and, when the check ran, ``contamination.csv``."""
+    from suite.metrics import prediction_rows
+
     write_json_atomic(folder / runs.METRICS, metrics)
+    if contamination.possible:
+        write_csv_atomic(folder / runs.CONTAMINATION, CSV_HEADER, contamination.rows)
     header, rows = prediction_rows([e.path for e in kept], [0] * len(kept), probs, labels)
     for row, e in zip(rows, kept):
         row[1] = e.label  # the true label, possibly one the model never saw
     write_csv_atomic(folder / runs.PREDICTIONS, header, rows)
-    runs.write_manifest(folder, _manifest(folder, run_dir, source, index, split, metrics, skipped))
-    finish(folder, log)
-    return folder
+
+
+def _contamination(run_dir: Path, kept, progress: bool, log) -> Contamination:
+    """Which evaluated images are copies of the run's training images; says so in one line."""
+    result = check_evaluated(run_dir, [e.path for e in kept], [e.label for e in kept], progress=progress)
+    summary = result.summary
+    if not result.possible:
+        log(f"warning: contamination check {summary['check']}")
+    elif summary["count"]:
+        log(f"warning: {summary['count']} of {summary['n_evaluated']} evaluated images ({summary['fraction']:.1%}) "
+            f"are copies of the run's training or validation images (check: {summary['check']}); "
+            "leak-free metrics leave them out")
+    return result
+
+
+def _leak_free(y_true, probs, labels, keep) -> dict:
+    from suite.metrics import leak_free_metrics
+
+    return leak_free_metrics(y_true, probs, labels, keep, definition="evaluated images with no exact or near "
+                             "twin among the run's training and validation images (suite.contamination)")
 
 
 def _manifest(folder, run_dir, source, index, split, metrics, skipped) -> dict:

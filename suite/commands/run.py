@@ -75,6 +75,8 @@ def prepare(
         progress=progress,
         pool_splits=config.pool_splits,
         dedup=config.dedup,
+        groups=config.groups,
+        log=log,
     )
     log(f"data ready in {data.seconds:.1f}s (cache {'hit' if data.cache_hit else 'miss'}, "
         f"{len(data.skipped)} skipped)")
@@ -101,6 +103,7 @@ def execute(
     manifest = initial_manifest(run_dir, config, data, weights)
     runs.write_manifest(run_dir, manifest)
     try:
+        _write_training_hashes(data, run_dir, log)
         _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
     except DiskFull as exc:  # the next backbone or fold would meet the same full disk: stop
         manifest.update(status="failed", error=stop_reason(exc))
@@ -233,7 +236,7 @@ def _train(spec, config, data, weights, run_dir, manifest, log) -> None:
     dist = make_distribution(config.strategy)
     manifest.update(strategy=dist.name, replicas=dist.replicas, distribution=dist.describe())
     with distribution_scope(dist):
-        keras.utils.set_random_seed(config.seed)
+        keras.utils.set_random_seed(config.training_seed)
         model = build_model(spec, config, len(data.labels), weights.argument)
         manifest["params"] = int(model.count_params())
         callbacks, warnings = make_callbacks(config, run_dir)
@@ -265,23 +268,33 @@ def compile_summary(jax_events: dict | None, history_csv: Path) -> dict:
     return summary
 
 
-LEAK_FREE_KEYS = ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "per_class", "confusion_matrix", "n_test")
-
-
 def leak_free_metrics(data: PreparedData, y_test, probs) -> dict:
-    """Metrics on the test images with no exact or near twin in training or validation."""
-    from suite.metrics import classification_metrics
+    """Metrics on the test images with no exact or near twin in training or validation
+    (:func:`suite.metrics.leak_free_metrics`: with balanced accuracy and each class's support and recall)."""
+    from suite.metrics import leak_free_metrics as on_images
 
-    mask = data.leak_free_test()
-    summary = {"n_excluded": int((~mask).sum()), "definition": "test images with no exact or near-duplicate "
-               "training or validation image (suite.data.duplicates)"}
-    if not mask.any():
-        return {**summary, "n_test": 0}
-    full = classification_metrics(y_test[mask], probs[mask], data.labels)
-    return {**summary, **{k: full[k] for k in LEAK_FREE_KEYS}}
+    return on_images(y_test, probs, data.labels, data.leak_free_test(),
+                     definition="test images with no exact or near-duplicate training or validation image "
+                                "(suite.data.duplicates)")
+
+
+def _write_training_hashes(data: PreparedData, run_dir: Path, log) -> None:
+    """Record what the run trains and validates on, so ``suite evaluate`` can tell its copies elsewhere."""
+    from suite.contamination import save_training_hashes, training_hashes
+
+    save_training_hashes(run_dir / runs.TRAINING_HASHES, training_hashes(data, log=log))
 
 
 def main(args) -> int:
+    if args.seeds > 1:  # one backbone under several seeds: a comparison of its replicates
+        from suite.commands.compare import compare, exit_status
+
+        flags = run_flags(args)
+        backbone = get_spec(flags.pop("backbone") or RunConfig.backbone).name
+        with training_output():
+            folder = compare(flags, [backbone], seeds=args.seeds, progress=not args.quiet, log=_log)
+        print(folder)
+        return exit_status(folder)
     with training_output():
         run_dir = run(run_flags(args), progress=not args.quiet)
     print(run_dir)

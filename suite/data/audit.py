@@ -15,6 +15,13 @@ direct pair, so it is at least ``cross_split_exact``); ``cross_split_cluster`` t
 cluster holds any reference image (chains included, so at least ``cross_split_near``).
 A flat layout has no official test split: the figures are 0 and ``leakage.applicable``
 is false.
+
+With a patient-groups file (:mod:`suite.data.groups`), ``cross_split_group`` counts the test
+images whose patient group also has images in the reference splits, with example pairs (a
+reference image of the group beside the test image) and per class; ``groups`` summarises the
+file against the dataset (listed paths that are not images, images without a group). Hidden
+files and folders (:func:`suite.data.discover.is_hidden`) are among the skipped, counted in
+``counts["hidden"]``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from suite.data.decode import Log, load_images, stderr_line
-from suite.data.discover import DatasetIndex
+from suite.data.discover import HIDDEN, DatasetIndex
 from suite.data.duplicates import (
     DEFAULT_THRESHOLD,
     DEFAULT_TOL,
@@ -38,6 +45,7 @@ from suite.data.duplicates import (
     clusters,
     find_duplicates,
 )
+from suite.data.groups import GroupFile, assign_groups, read_groups
 from suite.runs import now_iso
 
 MAX_EXAMPLES = 12  # example pairs kept per category
@@ -58,6 +66,7 @@ def audit(
     progress: bool = True,
     workers: int | None = None,
     examples: int = MAX_EXAMPLES,
+    groups: GroupFile | str | Path | None = None,
     log: Log = stderr_line,
 ) -> dict:
     """Audit every file of a discovered dataset.
@@ -73,6 +82,9 @@ def audit(
         progress: show a progress bar while decoding.
         workers: decoding processes (``None``: every core).
         examples: example pairs kept per category.
+        groups: a patient-groups file (its path, or as :func:`suite.data.groups.read_groups`
+            parsed it): adds ``cross_split_group``, ``groups`` and the ``cross_split_group``
+            examples, and each class's ``group`` count in ``cross_split_by_class``.
         log: where a warning line goes (a cache entry that failed verification); default: stderr.
 
     Returns:
@@ -80,11 +92,15 @@ def audit(
         ``skipped``, ``exact``, ``near``, ``clusters``, ``cross_split_exact``,
         ``cross_split_near``, ``cross_split_cluster``, ``cross_split_by_class``,
         ``leakage``, ``label_conflicts``, ``label_conflict_images``, ``examples``,
-        ``files`` (one row per file, with its ``cluster`` id), ``cache_hit`` and
-        ``timings``. Paths are relative to the dataset root. ``skipped`` lists the files that
-        did not decode, then what discovery skipped (link loops, folders named like images);
-        ``counts["files"]`` counts both with the images, so it is ``images + len(skipped)``.
+        ``files`` (one row per file, with its ``cluster`` id, and its ``group`` with a groups
+        file), ``cache_hit`` and ``timings``; with a groups file also ``cross_split_group`` and
+        ``groups``. Paths are relative to the dataset root. ``skipped`` lists the files that
+        did not decode, then what discovery skipped (hidden names, link loops, folders named
+        like images); ``counts["files"]`` counts both with the images, so it is
+        ``images + len(skipped)``, and ``counts["hidden"]`` the hidden ones among them.
     """
+    if groups is not None and not isinstance(groups, GroupFile):
+        groups = read_groups(groups)  # a malformed file fails before anything is decoded
     started = time.perf_counter()
     entries = index.entries
     paths = [e.path for e in entries]
@@ -96,7 +112,7 @@ def audit(
     dup = find_duplicates(decoded.digests, decoded.images, valid=ok, threshold=threshold, tol=tol)
     dup_at = time.perf_counter()
 
-    facts = _Facts(index, ok, dup)
+    facts = _Facts(index, ok, dup, groups)
     result = {
         "dataset": index.describe(),
         "created": now_iso(),
@@ -110,11 +126,15 @@ def audit(
         "near": {"candidates": dup["candidates"], **facts.pair_summary(dup["near_pairs"])},
         "clusters": facts.cluster_summary(),
     }
+    result["counts"]["hidden"] = sum(s.reason == HIDDEN for s in index.skipped)
     result.update(facts.leakage())
     result.update(facts.conflicts())
     result["examples"] = facts.examples(examples)
     result["files"] = [{**facts.file(i), "digest": d, "phash": f"{int(h):016x}", "cluster": int(c)}
                        for i, (d, h, c) in enumerate(zip(decoded.digests, dup["hashes"], dup["cluster"]))]
+    if groups is not None:
+        for row, name in zip(result["files"], facts.group_names):
+            row["group"] = name
     result["cache_hit"] = decoded.cache_hit
     result["timings"] = {
         "decode_s": round(decoded_at - started, 3),
@@ -218,7 +238,7 @@ def _counts(index: DatasetIndex, ok: np.ndarray) -> dict:
 class _Facts:
     """Per-row split, label and cluster, and the questions the audit asks of them."""
 
-    def __init__(self, index: DatasetIndex, ok: np.ndarray, dup: dict):
+    def __init__(self, index: DatasetIndex, ok: np.ndarray, dup: dict, groups: GroupFile | None = None):
         self.index = index
         self.ok = ok
         self.dup = dup
@@ -229,6 +249,10 @@ class _Facts:
         self.reference = np.isin(self.split, REFERENCE_SPLITS)
         self.test = (self.split == TEST_SPLIT) & ok
         self.applicable = index.layout == "split"
+        self.group, self.group_summary, self.group_names = None, None, []
+        if groups is not None:
+            self.group, self.group_summary = assign_groups(groups, self.rel, valid=ok)
+            self.group_names = [groups.groups.get(rel) if good else None for rel, good in zip(self.rel, ok)]
 
     def file(self, i: int) -> dict:
         return {"path": self.rel[i], "split": str(self.split[i]), "label": str(self.label[i])}
@@ -268,12 +292,15 @@ class _Facts:
         near_twin = exact_twin | self._twins(near)
         ref_clusters = np.unique(self.cluster[self.reference & self.ok])
         cluster_twin = self.test & np.isin(self.cluster, ref_clusters)
+        same_patient = self._same_patient()
         by_class = {}
         for label in self.index.labels:
             rows = self.test & (self.label == label)
             if rows.any():
                 by_class[label] = {"test": int(rows.sum()), "exact": int((exact_twin & rows).sum()),
                                    "near": int((near_twin & rows).sum())}
+                if same_patient is not None:
+                    by_class[label]["group"] = int((same_patient & rows).sum())
         n_test = int(self.test.sum())
         if self.applicable:
             note = (f"{n_test} test images checked against the training"
@@ -281,7 +308,7 @@ class _Facts:
         else:
             note = ("Not applicable: a flat layout has no official test split, so nothing can leak "
                     "across splits yet (figures are 0). Group the suite's own splits by cluster.")
-        return {
+        found = {
             "cross_split_exact": int(exact_twin.sum()),
             "cross_split_near": int(near_twin.sum()),
             "cross_split_cluster": int(cluster_twin.sum()),
@@ -289,6 +316,34 @@ class _Facts:
             "leakage": {"applicable": self.applicable, "test_images": n_test,
                         "reference_splits": list(REFERENCE_SPLITS), "note": note},
         }
+        if same_patient is not None:
+            found["cross_split_group"] = int(same_patient.sum())
+            found["groups"] = {**self.group_summary, "test_sharing_group": int(same_patient.sum()),
+                               "groups_across_splits": len(self._leaking_groups())}
+        return found
+
+    def _leaking_groups(self) -> set[int]:
+        """Patient groups with images both in the test split and in a reference split."""
+        if self.group is None or not self.applicable:
+            return set()
+        reference = set(self.group[self.reference & self.ok].tolist())
+        return {g for g in self.group[self.test].tolist() if g in reference}
+
+    def _same_patient(self) -> np.ndarray | None:
+        """Mask of test rows whose patient group has an image in a reference split (``None`` without groups)."""
+        if self.group is None:
+            return None
+        return self.test & np.isin(self.group, list(self._leaking_groups()))
+
+    def _group_items(self) -> list[dict]:
+        """One example per leaking test image: the group's first reference image beside it."""
+        first_reference: dict[int, int] = {}
+        for i in np.flatnonzero(self.reference & self.ok).tolist():
+            first_reference.setdefault(int(self.group[i]), i)
+        mask = self._same_patient()
+        return [{"a": self.file(first_reference[int(self.group[t])]), "b": self.file(t), "kind": "group",
+                 "group": self.group_names[t], "distance": None, "score": None}
+                for t in np.flatnonzero(mask).tolist()]
 
     def conflicts(self) -> dict:
         """Clusters whose images carry more than one label."""
@@ -337,6 +392,8 @@ class _Facts:
             "label_conflicts": (self._items(exact, "exact", conflict_e)
                                 + self._items(near, "near", conflict_n, score)),
         }
+        if self.group is not None:
+            found["cross_split_group"] = self._group_items()
         return {name: {"total": len(items), "shown": _spread(items, limit)} for name, items in found.items()}
 
 

@@ -16,7 +16,8 @@ What the cache trusts, and what it checks every time:
   opened, the metadata is checked in full (decoder version, size, file count, one skip reason or
   ``null`` per file, the array's shape and dtype) against the request and against the array's own
   header, and the array's bytes and the skip reasons against the CRC-32 checksums written when it
-  was made. An entry that fails is discarded and decoded again, with one warning line.
+  was made. An entry that fails is discarded and decoded again, with one warning line. The duplicate
+  analysis made from these images is cached beside them by the same rules (:mod:`suite.data.cache`).
 * **Image sizes.** An image larger than :data:`MAX_PIXELS` is skipped, with a reason naming its
   size and the limit, as soon as its header is read: it is never decoded.
 """
@@ -39,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from suite.data.cache import cache_dir
+from suite.data.cache import CacheEntryInvalid, cache_dir
 from suite.io import atomic_target, read_json, write_json_atomic
 
 # 2: images over MAX_PIXELS are skipped; the metadata carries a checksum. Bump when decoding changes what
@@ -257,10 +258,6 @@ CHECKSUM = "crc32"
 CHECKSUM_SEGMENT = 1 << 23
 CHECKSUM_BLOCK = 1 << 20
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-class CacheEntryInvalid(Exception):
-    """A cache entry that cannot be served; the message says why."""
 
 
 def cache_key(digests: Sequence[str], size: int) -> str:

@@ -8,11 +8,17 @@ Two layouts are understood:
 * ``flat``: ``DIR/<class>/``, which the suite splits itself.
 
 Every file under a class folder, in sub-folders too (links to folders followed), is listed
-whatever its name: deciding what is an image is the decoder's job, so ``.DS_Store`` or a text
-file named ``.jpg`` is counted and reported as skipped rather than silently ignored. What is
-not a file to decode is listed in ``DatasetIndex.skipped`` with its reason, never dropped
-silently: a symbolic link loop, a broken link, a folder named like an image (``x.jpg/``, whose
-contents are not read), a device or FIFO, a folder that cannot be listed.
+whatever its name, but for hidden ones: deciding what is an image is the decoder's job, so
+``Thumbs.db`` or a text file named ``.jpg`` is counted and reported as skipped rather than
+silently ignored. What is not a file to decode is listed in ``DatasetIndex.skipped`` with its
+reason, never dropped silently: a symbolic link loop, a broken link, a folder named like an image
+(``x.jpg/``, whose contents are not read), a device or FIFO, a folder that cannot be listed.
+
+Hidden names are not data, at any depth: a name beginning with ``.`` (``.DS_Store``, the
+``.ipynb_checkpoints/`` copies Jupyter leaves inside class folders, macOS's ``._scan.jpg``) and
+``__MACOSX/`` (what unzipping a macOS archive leaves). Each is listed once among the skipped with
+the reason ``hidden`` (:data:`HIDDEN`); a hidden folder's contents are not read, and a hidden
+folder beside the class folders is not a class.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ CARD_NAME = "dataset.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff",
                             ".webp", ".pgm", ".ppm", ".pnm", ".pbm", ".jp2", ".j2k", ".dcm", ".dicom"})
 SELF_LOOP = "symbolic link loop (the link leads back to itself); not followed"
+HIDDEN = "hidden"  # the skip reason of a hidden name (see is_hidden)
+MACOS_ARCHIVE_FOLDER = "__MACOSX"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +140,11 @@ class DatasetIndex:
         }
 
 
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is hidden, so never data: it begins with ``.`` or is ``__MACOSX``."""
+    return name.startswith(".") or name == MACOS_ARCHIVE_FOLDER
+
+
 def canonical_label(folder_name: str) -> str:
     """Map a class folder's name to its canonical label; unknown names are kept."""
     key = re.sub(r"[\s\-]+", "_", folder_name.strip().lower())
@@ -159,6 +172,7 @@ def discover(root: str | Path, *, check: bool = True) -> DatasetIndex:
     found = _Found()
     if split_dirs:
         layout = "split"
+        _note_hidden(root, found)
         for split, folder in sorted(split_dirs.items()):
             _class_entries(folder, split, found, {_identity(root): root})
     else:
@@ -195,17 +209,25 @@ class _Found:
 
 
 def _visible_dirs(folder: Path, found: _Found | None = None, split: str = "") -> list[Path]:
-    """The sub-folders of ``folder`` not hidden by a leading dot; a link that loops onto itself is
-    added to ``found.skipped``."""
+    """The sub-folders of ``folder`` that are not hidden (:func:`is_hidden`); a hidden file or folder and
+    a link that loops onto itself are added to ``found.skipped``."""
     dirs = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
+        if is_hidden(p.name):
+            if found is not None:
+                found.skipped.append(Skipped(p, HIDDEN, split, ""))
             continue
         if p.is_dir():
             dirs.append(p)
         elif found is not None and p.is_symlink() and _stat_errno(p) == errno.ELOOP:
             found.skipped.append(Skipped(p, SELF_LOOP, split, ""))
     return dirs
+
+
+def _note_hidden(folder: Path, found: _Found) -> None:
+    """Add the hidden files and folders directly in ``folder`` (the dataset root of a split layout,
+    whose other files are not data either) to ``found.skipped``."""
+    found.skipped.extend(Skipped(p, HIDDEN, "", "") for p in sorted(folder.iterdir()) if is_hidden(p.name))
 
 
 def _stat_errno(path: Path) -> int | None:
@@ -271,7 +293,8 @@ def _no_files_message(class_dir: Path, skipped: list[Skipped]) -> str:
 
 def walk_files(top: Path, above: dict | None = None) -> Iterator[tuple[Path, str | None]]:
     """Every file under ``top`` (sub-folders and links to folders followed), in sorted path order,
-    as ``(path, None)``; whatever is not a file to read as ``(path, reason)``.
+    as ``(path, None)``; whatever is not a file to read as ``(path, reason)``, a hidden name
+    (:func:`is_hidden`) as ``(path, HIDDEN)`` without entering it.
 
     Args:
         top: the folder to walk.
@@ -287,8 +310,11 @@ def walk_files(top: Path, above: dict | None = None) -> Iterator[tuple[Path, str
         if entry is None:
             stack.pop()
             continue
-        kind, detail = _classify(entry, ancestors)
         path = folder / entry.name
+        if is_hidden(entry.name):  # not data, and a hidden folder is not entered
+            yield path, HIDDEN
+            continue
+        kind, detail = _classify(entry, ancestors)
         if kind == "dir":
             yield from _enter(stack, path, {**ancestors, detail: path})
         else:

@@ -211,6 +211,34 @@ def near_pairs(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, *, block:
     return np.concatenate(found)
 
 
+def cross_pairs(
+    hashes: np.ndarray, reference: np.ndarray, threshold: int = DEFAULT_THRESHOLD, *, block: int = BLOCK_ROWS
+) -> np.ndarray:
+    """All pairs ``(i, j)`` of a row of ``hashes`` and a row of ``reference`` at most ``threshold`` bits apart.
+
+    :func:`near_pairs` within one set; this one between two (evaluated images against a
+    run's training images, :mod:`suite.contamination`).
+
+    Args:
+        hashes: ``(n,)`` uint64 hashes.
+        reference: ``(m,)`` uint64 hashes.
+        threshold: maximum Hamming distance, 0-64 (default :data:`DEFAULT_THRESHOLD`).
+        block: rows of ``hashes`` compared at once; memory is about ``9 * block * m`` bytes.
+
+    Returns:
+        ``(k, 2)`` int64 array of ``(row of hashes, row of reference)``, sorted by ``i`` then ``j``.
+    """
+    if not 0 <= threshold <= 64:
+        raise ValueError(f"threshold must be between 0 and 64 bits, got {threshold}")
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    reference = np.ascontiguousarray(reference, dtype=np.uint64)
+    found = [np.empty((0, 2), dtype=np.int64)]
+    for rows in _batches(len(hashes), block):
+        i, j = np.nonzero(popcount(hashes[rows, None] ^ reference[None, :]) <= threshold)
+        found.append(np.stack([i + rows.start, j], axis=1).astype(np.int64))
+    return np.concatenate(found)
+
+
 # ----------------------------------------------------------------------------------
 # Pixel confirmation
 # ----------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def stratified_holdout(labels: np.ndarray, rows: np.ndarray, fraction: float, rn
 
 
 def grouped_holdout(labels: np.ndarray, rows: np.ndarray, groups: np.ndarray, fraction: float, rng, what: str):
-    """Like :func:`stratified_holdout`, but whole groups (duplicate clusters) move together.
+    """Like :func:`stratified_holdout`, but whole groups (duplicate clusters, patient groups) move together.
 
     Each group counts for the label of its first row; per label, shuffled groups are
     held out until they cover ``fraction`` of that label's rows (at least one group).
@@ -67,7 +67,7 @@ def grouped_holdout(labels: np.ndarray, rows: np.ndarray, groups: np.ndarray, fr
     for label in sorted(by_label):
         members = by_label[label]
         if len(members) < 2:
-            raise DataError(f"class {label!r} has {len(members)} distinct image(s) after grouping duplicates: "
+            raise DataError(f"class {label!r} has {len(members)} group(s) once duplicates or patients are grouped: "
                             f"at least 2 are needed to hold some out for {what}")
         order = rng.permutation(len(members))
         target = max(1, math.floor(sum(len(m) for m in members) * fraction + 0.5))
@@ -104,9 +104,10 @@ def make_split(
         val_fraction: share of the training pool held out for validation.
         test_fraction: share of a single-folder dataset held out for testing.
         seed: the same seed gives the same split.
-        groups: duplicate-cluster id of each row; when given, no cluster straddles two
-            parts: held-out parts take whole clusters, and training images whose cluster
-            has a member in an official test or validation folder leave training.
+        groups: the unit of each row (a duplicate cluster, a patient group, or both joined);
+            when given, no unit straddles two parts: held-out parts take whole units, and
+            training images whose unit has a member in an official test or validation
+            folder leave training.
     """
     rng = np.random.default_rng(seed)
     rows = np.arange(len(labels))
