@@ -73,8 +73,9 @@ def load_run(run_dir) -> dict:
         run_dir: a folder holding a manifest and, optionally, metrics, history and predictions.
 
     Returns:
-        ``{"run_dir", "manifest", "metrics", "history", "predictions", "contamination", "problems"}``
-        where ``metrics`` is ``None`` when absent, ``history``, ``predictions`` and
+        ``{"run_dir", "manifest", "metrics", "calibration", "history", "predictions", "contamination",
+        "problems"}`` where ``metrics`` and ``calibration`` (temperature scaling and conformal sets,
+        :mod:`suite.calibration`) are ``None`` when absent, ``history``, ``predictions`` and
         ``contamination`` (an evaluation's images with a training twin) are lists of rows
         (empty when absent) and ``problems`` lists files that could not be read.
 
@@ -91,6 +92,7 @@ def load_run(run_dir) -> dict:
         "run_dir": str(run_dir),
         "manifest": manifest,
         "metrics": read_json(run_dir / runs.METRICS, problems),
+        "calibration": read_json(run_dir / runs.CALIBRATION, problems),
         "history": _history_rows(read_csv(run_dir / runs.HISTORY, problems)),
         "predictions": _prediction_rows(read_csv(run_dir / runs.PREDICTIONS, problems)),
         "contamination": read_csv(run_dir / runs.CONTAMINATION, problems),
@@ -426,9 +428,69 @@ def run_context(run: dict) -> dict:
     context.update(_predictions_context(run.get("predictions") or [], labels))
     context["contamination"] = contamination_context(as_dict((metrics or {}).get("contamination")),
                                                      run.get("contamination") or [])
+    context["calibration"] = calibration_context(as_dict(run.get("calibration")), labels, problems)
     context["curves_uri"] = figure_uri(plots.training_curves_png, problems, "training curves", run.get("history") or [])
     context["banners"] = _banners(manifest, dataset, weights, problems, metrics)
     return context
+
+
+# ----------------------------------------------------------------------------------
+# Calibration: temperature scaling and conformal prediction sets
+# ----------------------------------------------------------------------------------
+
+
+def calibration_context(record: Mapping, labels: Sequence[str], problems: list[str]) -> dict | None:
+    """The calibration section: ECE before and after temperature scaling, the reliability diagrams, and
+    the conformal table (target, test coverage overall and per class, mean set size).
+
+    Returns:
+        ``None`` for a folder without ``calibration.json`` (an evaluation, or an older run);
+        ``{"fitted": False, "reason"}`` when calibration was skipped; else the figures, formatted.
+    """
+    if not record:
+        return None
+    if record.get("status") != "fitted":
+        return {"fitted": False, "reason": str(record.get("reason") or "no reason recorded")}
+    conformal = as_dict(record.get("conformal"))
+    levels = [as_dict(level) for level in as_list(conformal.get("levels"))]
+    order = list(labels) + [k for level in levels for k in as_dict(level.get("per_class_coverage"))
+                            if k not in labels]
+    order = list(dict.fromkeys(order))
+    series = [{"name": f"{when} temperature scaling", "reliability": record.get(f"reliability_test_{key}"),
+               "ece": record.get(f"ece_test_{key}"), "colour": colour}
+              for when, key, colour in (("before", "before", "#9ca3af"), ("after", "after", "#2563eb"))]
+    return {
+        "fitted": True,
+        "temperature": fmt3(record.get("temperature")),
+        "at_bound": bool(record.get("at_bound")),
+        "n_val": fmt_int(record.get("n_val")),
+        "n_test": fmt_int(record.get("n_test")),
+        "nll_before": fmt3(record.get("nll_val_before")),
+        "nll_after": fmt3(record.get("nll_val_after")),
+        "ece_before": fmt3(record.get("ece_test_before")),
+        "ece_after": fmt3(record.get("ece_test_after")),
+        "reliability_uri": figure_uri(plots.reliability_png, problems, "reliability diagram", series),
+        "method": str(conformal.get("method") or DASH),
+        "scores_on": str(conformal.get("scores_on") or DASH),
+        "labels": order,
+        "levels": [{"target": fmt_pct(level.get("target")), "coverage": fmt3(level.get("coverage")),
+                    "per_class": [fmt3(as_dict(level.get("per_class_coverage")).get(label)) for label in order],
+                    "mean_set_size": _round2(level.get("mean_set_size")),
+                    "below_target": _below_target(level)} for level in levels],
+    }
+
+
+def _below_target(level: Mapping) -> bool:
+    """Test coverage more than two binomial standard errors under the target: val and test differ."""
+    target, coverage, n = to_float(level.get("target")), to_float(level.get("coverage")), to_float(level.get("n"))
+    if target is None or coverage is None or not n:
+        return False
+    return coverage < target - 2 * (target * (1 - target) / n) ** 0.5
+
+
+def _round2(value: Any) -> str:
+    number = to_float(value)
+    return DASH if number is None else f"{number:.2f}"
 
 
 # ----------------------------------------------------------------------------------

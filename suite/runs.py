@@ -14,7 +14,7 @@ Folder kinds (``FOLDER_KINDS``, most specific first):
     evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, contamination.csv,
                 report.html
     run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, training_hashes.npz,
-                logs/, report.html
+                calibration.json, logs/, report.html
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ TUNER_PROJECT = "keras_tuner"
 AUDIT = "audit.json"
 AUDIT_REPORT = "audit.html"
 TRAINING_HASHES = "training_hashes.npz"  # what a run trained on, for contamination checks (suite.contamination)
+CALIBRATION = "calibration.json"  # temperature and conformal thresholds fitted on val (suite.calibration)
 CONTAMINATION = "contamination.csv"  # an evaluation's images that are copies of the run's training images
 LOCK = ".lock"
 

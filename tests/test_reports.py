@@ -553,3 +553,74 @@ def test_a_clean_evaluation_checked_on_pixels_has_no_banner(make_run, tmp_path):
 def test_a_run_has_no_contamination_section(report):
     _, html = report
     assert 'id="contamination"' not in html
+
+
+# ----------------------------------------------------------------------------------
+# Calibration: temperature scaling and conformal prediction sets
+# ----------------------------------------------------------------------------------
+
+
+def _with_calibration(run_dir: pathlib.Path, n_val: int = 300) -> dict:
+    """A calibration record fitted on synthetic over-confident probabilities, written into the run."""
+    import numpy as np
+
+    from suite import calibration, runs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(n_val + 400, len(TWO))) * 2
+    truth = calibration.apply_temperature(logits, 1.0)
+    y = np.array([rng.choice(len(TWO), p=p) for p in truth])
+    probs = calibration.apply_temperature(logits * 3, 1.0)
+    record = calibration.calibrate(probs[:n_val], y[:n_val], probs[n_val:], y[n_val:], TWO)
+    (run_dir / runs.CALIBRATION).write_text(json.dumps(record), encoding="utf-8")
+    return record
+
+
+def test_calibration_section_shows_ece_before_and_after_and_the_conformal_table(make_run):
+    run_dir = make_run(labels=TWO)
+    record = _with_calibration(run_dir)
+    html = write_run_report(run_dir).read_text(encoding="utf-8")
+    section = _section(html, "calibration")
+    assert f"{record['ece_test_before']:.3f}" in section and f"{record['ece_test_after']:.3f}" in section
+    assert f"{record['temperature']:.3f}" in section
+    assert section.count(DATA_PNG) == 1  # the reliability diagram
+    assert "90.0%" in section and "95.0%" in section
+    assert "coverage, glioma" in section and "coverage, meningioma" in section
+    level = record["conformal"]["levels"][1]
+    assert f"{level['coverage']:.3f}" in section and f"{level['mean_set_size']:.2f}" in section
+    context = run_context(load_run(run_dir))["calibration"]
+    assert [row["target"] for row in context["levels"]] == ["90.0%", "95.0%"]
+    assert len(context["levels"][0]["per_class"]) == len(TWO)
+
+
+def test_skipped_calibration_says_why(make_run):
+    run_dir = make_run(labels=TWO)
+    record = _with_calibration(run_dir, n_val=5)
+    assert record["status"] == "skipped"
+    section = _section(write_run_report(run_dir).read_text(encoding="utf-8"), "calibration")
+    assert "Calibration skipped: only 5 validation images; calibration needs at least 20." in section
+
+
+def test_a_run_without_calibration_has_no_calibration_section(report):
+    assert 'id="calibration"' not in report[1]
+
+
+def test_reliability_png_draws_before_and_after():
+    from suite.metrics import reliability_bins
+
+    y = [0, 1, 1, 0, 1]
+    probs = [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.55, 0.45], [0.2, 0.8]]
+    series = [{"name": name, "reliability": reliability_bins(y, probs), "ece": 0.1} for name in ("before", "after")]
+    assert plots.reliability_png(series).startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("coverage, warned", [(0.94, False), (0.80, True)])
+def test_coverage_short_of_its_target_beyond_chance_is_flagged(make_run, coverage, warned):
+    from suite import runs
+
+    run_dir = make_run(labels=TWO)
+    record = _with_calibration(run_dir)
+    record["conformal"]["levels"][1].update(coverage=coverage, n=400)  # 95% target: 2 SE is 0.022
+    (run_dir / runs.CALIBRATION).write_text(json.dumps(record), encoding="utf-8")
+    section = _section(write_run_report(run_dir).read_text(encoding="utf-8"), "calibration")
+    assert ("falls short of its target" in section) is warned

@@ -213,6 +213,7 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
         metrics = classification_metrics(y_test, probs, data.labels)
         if data.cluster is not None:
             metrics["leak_free"] = leak_free_metrics(data, y_test, probs)
+        metrics["calibration"] = _calibrate(best, config, data, y_test, probs, run_dir, log)
         manifest["timings"]["eval_s"] = round(time.perf_counter() - start, 3)
         metrics.update(time_inference(best, x_test[: config.batch_size]))
     finally:
@@ -223,6 +224,26 @@ def _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log) -> 
     manifest["status"] = "completed"
     log(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
         f"on {metrics['n_test']} images")
+
+
+def _calibrate(best, config, data, y_test, probs, run_dir, log) -> dict:
+    """Fit temperature scaling and conformal thresholds on the validation split, check them on test,
+    write ``calibration.json``; return its summary for ``metrics.json`` (:mod:`suite.calibration`)."""
+    from suite import calibration
+
+    x_val, y_val = data.arrays("val")
+    val_probs = (best.predict(x_val, batch_size=config.batch_size, verbose=0)
+                 if len(y_val) >= calibration.MIN_VAL_IMAGES else np.zeros((0, len(data.labels))))
+    record = calibration.calibrate(val_probs, y_val, probs, y_test, data.labels)
+    write_json_atomic(run_dir / runs.CALIBRATION, record)
+    if record["status"] != "fitted":
+        log(f"calibration skipped: {record['reason']}")
+    else:
+        at = calibration.level(record)
+        log(f"calibration: T={record['temperature']:.3f}, test ECE {record['ece_test_before']:.4f} -> "
+            f"{record['ece_test_after']:.4f}; 95% sets cover {at['coverage']:.3f} of test, "
+            f"mean size {at['mean_set_size']:.2f}")
+    return calibration.summary(record)
 
 
 def _train(spec, config, data, weights, run_dir, manifest, log) -> None:
