@@ -5,9 +5,11 @@ from backbones._registry import (
     PREPROCESSING_MODES,
     BackboneSpec,
     create_backbone,
+    expand_backbones,
     get_spec,
     is_backbone,
     list_backbones,
+    list_families,
     register_backbone,
 )
 
@@ -15,8 +17,10 @@ __all__ = [
     "PREPROCESSING_MODES",
     "BackboneSpec",
     "create_backbone",
+    "expand_backbones",
     "get_spec",
     "is_backbone",
     "list_backbones",
+    "list_families",
     "register_backbone",
 ]

@@ -13,11 +13,17 @@ from collections.abc import Callable
 
 # Input scalings the Keras applications expect, applied inside the model so that a
 # saved model always takes raw RGB 0-255 images:
-#   "none"  - the application rescales internally (EfficientNet)
-#   "tf"    - x / 127.5 - 1 (MobileNetV2)
-#   "caffe" - RGB -> BGR, minus the ImageNet channel means (ResNet50)
-#   "torch" - x / 255, minus mean, over std per channel
+#   "none"  - the application rescales internally (EfficientNet, EfficientNetV2, ConvNeXt,
+#             MobileNetV3: their ``include_preprocessing`` is on and ``preprocess_input`` is a
+#             pass-through)
+#   "tf"    - x / 127.5 - 1 (MobileNetV2, ResNetV2, Xception, InceptionV3)
+#   "caffe" - RGB -> BGR, minus the ImageNet channel means (ResNet, VGG)
+#   "torch" - x / 255, minus mean, over std per channel (DenseNet)
 PREPROCESSING_MODES = ("none", "tf", "caffe", "torch")
+
+# Selectors ``expand_backbones`` knows besides names, families and globs.
+ALL = "all"
+REFERENCE = "reference"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +41,12 @@ class BackboneSpec:
             ``{size}`` standing for the nearest size the weights were published at.
         weights_sizes: the sizes ``{size}`` may take (empty when it does not occur).
         min_input_size: smallest input the constructor accepts.
-        family: free-text family name, for listings.
+        family: family name, lower case: for listings, and a selector of ``--backbones``.
+        params_m: parameters in millions, with the ImageNet classifier, as the Keras
+            applications table gives them (data, not computed).
+        top1: ImageNet top-1 accuracy in percent, from the same table (data, not computed).
+        reference: one of the reference backbones, which default commands and the full test
+            tier cover; the others are tested by one build-train-save-reload test each.
     """
 
     name: str
@@ -47,14 +58,28 @@ class BackboneSpec:
     weights_sizes: tuple[int, ...] = ()
     min_input_size: int = 32
     family: str = ""
+    params_m: float | None = None
+    top1: float | None = None
+    reference: bool = False
 
     def __post_init__(self):
+        if self.name != self.name.lower() or self.name in (ALL, REFERENCE):
+            raise ValueError(f"backbone name {self.name!r} must be lower case and not {ALL!r} or {REFERENCE!r}")
         if self.preprocessing not in PREPROCESSING_MODES:
             raise ValueError(
                 f"{self.name}: preprocessing {self.preprocessing!r} is not one of {PREPROCESSING_MODES}"
             )
         if ":" not in self.constructor:
             raise ValueError(f"{self.name}: constructor must read 'module:attr', got {self.constructor!r}")
+        if not 32 <= self.min_input_size <= self.input_size:
+            raise ValueError(f"{self.name}: min_input_size {self.min_input_size} must lie in [32, input_size]")
+
+    def input_size_problem(self, image_size: int) -> str | None:
+        """Why the constructor cannot take ``image_size`` px inputs, or ``None`` when it can."""
+        if image_size >= self.min_input_size:
+            return None
+        return (f"{self.name} needs images of at least {self.min_input_size} px, got {image_size}; "
+                f"pass --image-size {self.min_input_size} or more")
 
     def weights_filename(self, image_size: int) -> str:
         """Name of the ImageNet weights file Keras caches for this spec at ``image_size``."""
@@ -87,6 +112,49 @@ def list_backbones(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def list_families() -> list[str]:
+    """Family names, in registry order."""
+    return list(dict.fromkeys(s.family for s in _REGISTRY.values() if s.family))
+
+
+def expand_backbones(selection: str) -> list[str]:
+    """Names a comma-separated ``selection`` stands for, in registry order, each once.
+
+    Each term is a registered name, a family (``convnext``), a shell-style glob over names
+    (``efficientnet*``), ``all``, or ``reference`` (the reference backbones). Case is ignored.
+
+    Raises:
+        ValueError: the selection is empty or repeats a term.
+        KeyError: a term matches no backbone; the message lists the names and families.
+    """
+    terms = [t.strip().lower() for t in selection.split(",") if t.strip()]
+    if not terms:
+        raise ValueError("expected a comma-separated list of backbones, families or globs")
+    if len(set(terms)) != len(terms):
+        raise ValueError(f"a backbone is listed twice: {selection}")
+    chosen: set[str] = set()
+    for term in terms:
+        matched = _match(term)
+        if not matched:
+            raise KeyError(
+                f"{term!r} matches no backbone; registered backbones: {', '.join(_REGISTRY)}; "
+                f"families: {', '.join(list_families())}; or a glob such as 'efficientnet*', or 'all'"
+            )
+        chosen.update(matched)
+    return [n for n in _REGISTRY if n in chosen]
+
+
+def _match(term: str) -> list[str]:
+    if term == ALL:
+        return list(_REGISTRY)
+    if term == REFERENCE:
+        return [n for n, s in _REGISTRY.items() if s.reference]
+    if term in _REGISTRY:
+        return [term]
+    family = [n for n, s in _REGISTRY.items() if s.family == term]
+    return family or [n for n in _REGISTRY if fnmatch.fnmatchcase(n, term)]
+
+
 def is_backbone(name: str) -> bool:
     return name in _REGISTRY
 
@@ -111,8 +179,9 @@ def create_backbone(name: str, *, input_size: int, weights: str | None = None, *
         **overrides: extra keyword arguments for the constructor.
     """
     spec = get_spec(name)
-    if input_size < spec.min_input_size:
-        raise ValueError(f"{name} needs inputs of at least {spec.min_input_size} px, got {input_size}")
+    problem = spec.input_size_problem(input_size)
+    if problem:
+        raise ValueError(problem)
     constructor = spec.load_constructor()
     return constructor(
         include_top=False, weights=weights, input_shape=(input_size, input_size, 3), **overrides

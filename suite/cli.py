@@ -49,12 +49,13 @@ def _backbone(name: str) -> str:
 
 
 def _backbone_list(value: str) -> tuple[str, ...]:
-    names = tuple(_backbone(v.strip()) for v in value.split(",") if v.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of backbones")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"a backbone is listed twice: {value}")
-    return names
+    """Names, families (``convnext``), globs (``efficientnet*``), ``all``: expanded in registry order."""
+    from backbones import expand_backbones
+
+    try:
+        return tuple(expand_backbones(value))
+    except (KeyError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(exc.args[0]) from None
 
 
 def _existing_dir(value: str) -> Path:
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare", "train every backbone under identical conditions; prints the comparison folder",
                 parents=[quiet, seeds])
     p.add_argument("--backbones", type=_backbone_list, default=None,
-                   help="comma-separated backbones (default: every registered one)")
+                   help="backbones, families (convnext), globs (efficientnet*), 'all' or 'reference', "
+                        "comma-separated (default: reference, the three reference backbones)")
     p.add_argument("--external", action="append", default=[], type=_existing_dir, metavar="DIR",
                    help="also evaluate every backbone on this dataset (any layout, or only DIR/Testing/<class>/), "
                         "checking how many of its images copy training images (may repeat)")
@@ -395,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="run, comparison or CV folders, or a folder of them")
 
     p = command("list", "list the registered backbones")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter (default: all)")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="names, families or globs, comma-separated (default: all)")
 
     p = command("phantom", "write the synthetic phantom dataset")
     p.add_argument("--out", required=True, help="folder to write it into (must not exist)")

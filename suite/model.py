@@ -8,11 +8,15 @@ import numpy as np
 
 from backbones import BackboneSpec, create_backbone
 from suite.config import RunConfig
+from suite.errors import ConfigError
 
 HEAD_STEPS_PER_EXECUTION = 16
-# ImageNet statistics, RGB order, 0-255 scale.
+# ImageNet channel means, RGB order, 0-255 scale, as Keras's "caffe" mode subtracts them.
 IMAGENET_MEAN = np.array([123.68, 116.779, 103.939], dtype=np.float32)
-IMAGENET_STD = np.array([58.393, 57.12, 57.375], dtype=np.float32)
+# Keras's "torch" mode (DenseNet) uses the torchvision statistics instead, on the 0-1 scale;
+# here scaled by 255 so that one Normalization layer does the whole of it.
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
 
 def preprocessing_layer(mode: str):
@@ -28,7 +32,7 @@ def preprocessing_layer(mode: str):
         return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess_tf", dtype="float32")
     if mode == "torch":
         return keras.layers.Normalization(
-            mean=IMAGENET_MEAN, variance=IMAGENET_STD**2, name="preprocess_torch", dtype="float32"
+            mean=TORCH_MEAN, variance=TORCH_STD**2, name="preprocess_torch", dtype="float32"
         )
     if mode == "caffe":
         return _caffe_layer()
@@ -48,6 +52,17 @@ def _caffe_layer():
     flip = np.eye(3, dtype=np.float32)[::-1]  # x @ flip reverses the channel order
     layer.set_weights([flip, -IMAGENET_MEAN[::-1].copy()])
     return layer
+
+
+def check_image_size(spec: BackboneSpec, image_size: int) -> None:
+    """Fail with a message naming the backbone's minimum when it cannot take ``image_size`` px.
+
+    Raises:
+        ConfigError: ``image_size`` is below ``spec.min_input_size``.
+    """
+    problem = spec.input_size_problem(image_size)
+    if problem:
+        raise ConfigError(problem)
 
 
 def augmentation_layers(kind: str, seed: int) -> list:
@@ -116,6 +131,7 @@ def build_model(spec: BackboneSpec, config: RunConfig, n_classes: int, weights: 
     import keras
 
     size = config.image_size
+    check_image_size(spec, size)
     inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
     x = inputs
     for layer in augmentation_layers(config.augment, config.training_seed):
@@ -177,6 +193,7 @@ def build_feature_extractor(spec: BackboneSpec, config: RunConfig, weights: str 
     import keras
 
     size = config.image_size
+    check_image_size(spec, size)
     inputs = keras.Input(shape=(size, size, 3), name="image", dtype="float32")
     x = inputs
     pre = preprocessing_layer(spec.preprocessing)

@@ -59,16 +59,16 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def comparison(tiny_data, tmp_path_factory) -> Path:
-    """One real `compare` over every registered backbone on the tiny data (one epoch, 32 px).
+    """One real `compare` over the three reference backbones on the tiny data (one epoch, 32 px).
 
     Shared by the run-folder, comparison and evaluation tests, so each backbone trains once.
     """
-    from backbones import list_backbones
+    from backbones import expand_backbones
     from suite.commands.compare import compare
 
     out = tmp_path_factory.mktemp("runs")
-    return compare({"data": str(tiny_data), "out": str(out), **TINY_RUN}, list_backbones(), progress=False,
-                   log=lambda message: None)
+    return compare({"data": str(tiny_data), "out": str(out), **TINY_RUN}, expand_backbones("reference"),
+                   progress=False, log=lambda message: None)
 
 
 @pytest.fixture(scope="session")

@@ -335,12 +335,12 @@ def _gradcam_sample(folder: Path, done, paths, log) -> dict | None:
 
 
 def main(args) -> int:
-    from backbones import list_backbones
+    from backbones import expand_backbones
 
     flags = run_flags(args)
     flags.pop("backbone")
     with training_output():
-        folder = compare(flags, args.backbones or tuple(list_backbones()), seeds=args.seeds,
+        folder = compare(flags, args.backbones or tuple(expand_backbones("reference")), seeds=args.seeds,
                          externals=args.external, progress=not args.quiet, log=log)
     print(folder)
     return exit_status(folder)

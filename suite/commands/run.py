@@ -25,6 +25,7 @@ from suite.data.dataset import PreparedData, prepare_data
 from suite.data.discover import discover
 from suite.errors import DiskFull, stop_reason
 from suite.io import write_csv_atomic, write_json_atomic
+from suite.model import check_image_size
 from suite.runtime import configure_process
 from suite.weights import WeightsChoice, resolve_weights
 
@@ -60,6 +61,7 @@ def prepare(
     index = discover(flags.get("data") or _phantom_root(log, progress))
     config = resolve_config({**flags, "backbone": spec.name}, index.card)
     runs.check_out_outside(config.out, index.root)
+    check_image_size(spec, config.image_size)  # before any data work: a backbone's minimum input size
     configure_process(config.cpu_devices, config.strategy)  # before anything starts the backend; may refuse
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
