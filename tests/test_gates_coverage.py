@@ -39,7 +39,7 @@ def suite_check(*args: str | Path) -> subprocess.CompletedProcess:
     ("mobilenet", "(did you mean [mobilenetv2]?)"),  # misspelt: the nearest backbone that has runs
     ("MobileNetV2", "(did you mean [mobilenetv2]?)"),  # names are matched exactly; case is a typo too
     ("resnet_50", "(did you mean [resnet50]? a registered backbone, though no run here is of it)"),
-    ("vgg16", "(vgg16 is not a registered backbone either; `python -m suite list` shows them)"),
+    ("alexnet", "(alexnet is not a registered backbone either; `python -m suite list` shows them)"),
     ("resnet50", ""),  # registered, but its run is missing: no guess, the backbones that have runs are listed
 ])
 def test_table_matching_no_run_is_an_error_naming_it(runs, tmp_path, table, hint):
