@@ -29,11 +29,14 @@ SEED = int(os.environ.get("SUITE_TEST_SEED", "0"))
 # without one of these carry @pytest.mark.slow themselves.
 TRAINING_FIXTURES = ("comparison", "runs_by_backbone", "full_search", "resumed_search", "head_trials",
                      "killed_cv")
+# Not training, but seconds each (a browser start, the real dataset): kept out of the quick tier too.
+SLOW_MARKERS = ("browser", "realdata")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ())):
+        trains = set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ()))
+        if trains or any(item.get_closest_marker(m) for m in SLOW_MARKERS):
             item.add_marker(pytest.mark.slow)
 
 

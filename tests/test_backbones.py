@@ -59,6 +59,7 @@ def test_listing_does_not_import_tensorflow():
         assert name in out.stdout
 
 
+@pytest.mark.slow  # builds a full model
 @pytest.mark.parametrize("name", BACKBONES)
 def test_preprocessing_inside_model_matches_keras(name):
     """The layer the suite puts in front of the backbone computes Keras's preprocess_input."""
@@ -79,6 +80,7 @@ def test_feature_width_matches_spec(name):
     assert backbone.output_shape[-1] == get_spec(name).feature_width
 
 
+@pytest.mark.slow  # builds a full model
 @pytest.mark.parametrize("name", BACKBONES)
 def test_weights_file_is_loaded(name, tmp_path):
     """--weights PATH: a weights file the test writes itself ends up in the model."""
