@@ -117,18 +117,22 @@ def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *
     descriptor 2 is read while the backend loads and every other line is passed on.
     """
     check_backend_installed()
-    if not quiet or "keras" in sys.modules:
+    filtered = quiet and "keras" not in sys.modules
+    with _startup_chatter_filtered() if filtered else contextlib.nullcontext():
         settings = configure_process(cpu_devices, strategy)
         import keras  # noqa: F401
+    return settings
 
-        return settings
+
+@contextlib.contextmanager
+def _startup_chatter_filtered():
+    """Read file descriptor 2 for the block's length; pass on every line but the start-up chatter."""
     with tempfile.TemporaryFile() as captured:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
-            settings = configure_process(cpu_devices, strategy)
-            import keras  # noqa: F401
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -136,7 +140,6 @@ def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *
             for line in captured.read().decode("utf-8", "replace").splitlines():
                 if not _STARTUP_CHATTER.match(line):
                     print(line, file=sys.stderr)
-    return settings
 
 
 def usable_cores() -> int:

@@ -99,7 +99,7 @@ def _run_one(name: str, flags: Mapping, replicate: int, progress: bool, log) -> 
                       raise_errors=False)
     except DataError:
         raise  # the data is the same for every backbone: no point going on
-    except (SuiteError, Exception) as exc:
+    except Exception as exc:  # any failure of one backbone is recorded; the others still run
         log(f"error: {name} could not run: {exc}")
         return {**result, "error": f"{type(exc).__name__}: {exc}"}
     run = runs.RunFolder(run_dir)
@@ -130,7 +130,7 @@ def write_comparison(out: Path, results: list[dict], *, seeds: int = 1, external
 
     members = _members(results)
     done = [m for m in members if m["status"] == "completed"]
-    correct, paths = _correctness(results)
+    correct, paths = _correctness(results, members)
     tests = pairwise_tests(correct) if len(correct) > 1 else []
     tiers = tie_groups({name: float(np.mean(c)) for name, c in correct.items()}, tests) if correct else {}
     folder = runs.new_run_dir(out, "compare")
@@ -231,10 +231,10 @@ def _cell(value) -> str:
     return "" if value is None else value
 
 
-def _correctness(results: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
+def _correctness(results: list[dict], members: list[dict]) -> tuple[dict[str, np.ndarray], list[str]]:
     """Per backbone, right/wrong on each test image aligned by path: ``(n,)`` for one replicate,
     ``(replicates, n)`` for several. Backbones with a failed replicate are left out."""
-    complete = {m["backbone"] for m in _members(results) if m["status"] == "completed"}
+    complete = {m["backbone"] for m in members if m["status"] == "completed"}
     preds = [(r["backbone"], load_predictions(r["run_dir"])) for r in _completed(results)
              if r["backbone"] in complete]
     if not preds:
