@@ -31,6 +31,7 @@ from reports.toolkit import (
     banner,
     data_uri,
     figure_uri,
+    fmt2,
     fmt3,
     fmt_ci,
     fmt_created,
@@ -848,6 +849,43 @@ def _members(rows: Sequence[Mapping], members: Mapping, colours: Mapping) -> lis
     return out
 
 
+def calibration_table(rows: Sequence[Mapping], members: Mapping) -> dict:
+    """Each completed backbone's calibration side by side: the temperature, test ECE before and after
+    scaling, and the conformal sets' test coverage and mean size at every fitted level.
+
+    Returns:
+        ``{"targets": ["90%", ...], "rows": [...]}``; a backbone whose calibration was skipped carries
+        its reason, one without ``calibration.json`` says so; no rows when no member has a record.
+    """
+    records = {row["backbone"]: as_dict((members.get(row["backbone"]) or {}).get("calibration"))
+               for row in rows if row["status"] == "completed"}
+    targets = sorted({t for r in records.values() for t in _level_targets(r)})
+    out = []
+    for name, record in records.items():
+        item = {"backbone": name, "fitted": record.get("status") == "fitted"}
+        if not record:
+            item["reason"] = f"no {runs.CALIBRATION} in its run folder"
+        elif not item["fitted"]:
+            item["reason"] = "skipped: " + str(record.get("reason") or "no reason recorded")
+        else:
+            levels = _level_targets(record)
+            item.update({
+                "temperature": fmt3(record.get("temperature")),
+                "ece_before": fmt3(record.get("ece_test_before")), "ece_after": fmt3(record.get("ece_test_after")),
+                "levels": [{"coverage": fmt3(levels[t].get("coverage")) if t in levels else DASH,
+                            "size": fmt2(levels[t].get("mean_set_size")) if t in levels else DASH}
+                           for t in targets],
+            })
+        out.append(item)
+    return {"targets": [fmt_pct(t) for t in targets], "rows": out if any(records.values()) else []}
+
+
+def _level_targets(record: Mapping) -> dict[float, Mapping]:
+    levels = (as_dict(level) for level in as_list(as_dict(record.get("conformal")).get("levels")))
+    return {t: level for level in levels if (t := to_float(level.get("target"))) is not None}
+
+
+
 def _setup_context(comparison: Mapping, comp_dir: pathlib.Path, labels: Sequence[str], alpha: float) -> dict:
     """The header and the "Shared setup" section: what was compared, on what, with which settings."""
     dataset = as_dict(comparison.get("dataset"))
@@ -951,6 +989,7 @@ def comparison_context(comp: dict) -> dict:
     })
     context.update(_seed_context(comparison, n_seeds, seeds, rows, colours, comp_dir, problems))
     context.update(_figures(_members(rows, members, colours), rows, labels, problems))
+    context["calibration"] = calibration_table(rows, members)
     context["banners"] = _banners(comparison, as_dict(comparison.get("dataset")), rows, members, problems)
     return context
 

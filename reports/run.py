@@ -19,6 +19,7 @@ from reports.toolkit import (
     banner,
     class_count_table,
     figure_uri,
+    fmt2,
     fmt3,
     fmt_int,
     fmt_metric,
@@ -475,7 +476,7 @@ def calibration_context(record: Mapping, labels: Sequence[str], problems: list[s
         "labels": order,
         "levels": [{"target": fmt_pct(level.get("target")), "coverage": fmt3(level.get("coverage")),
                     "per_class": [fmt3(as_dict(level.get("per_class_coverage")).get(label)) for label in order],
-                    "mean_set_size": _round2(level.get("mean_set_size")),
+                    "mean_set_size": fmt2(level.get("mean_set_size")),
                     "below_target": _below_target(level)} for level in levels],
     }
 
@@ -487,10 +488,6 @@ def _below_target(level: Mapping) -> bool:
         return False
     return coverage < target - 2 * (target * (1 - target) / n) ** 0.5
 
-
-def _round2(value: Any) -> str:
-    number = to_float(value)
-    return DASH if number is None else f"{number:.2f}"
 
 
 # ----------------------------------------------------------------------------------

@@ -73,6 +73,12 @@ def fmt3(value: Any) -> str:
     return DASH if number is None else f"{number:.3f}"
 
 
+def fmt2(value: Any) -> str:
+    """A number to two decimals (a mean set size), or a dash."""
+    number = to_float(value)
+    return DASH if number is None else f"{number:.2f}"
+
+
 def fmt_pct(value: Any) -> str:
     """A fraction as a percentage with one decimal, or a dash."""
     number = to_float(value)

@@ -211,6 +211,32 @@ def test_every_figure_is_embedded(built):
         assert base64.b64decode(uri[len(DATA_PNG):]).startswith(PNG_MAGIC)
 
 
+def test_calibration_table_sets_each_backbone_side_by_side(fresh):
+    from suite import calibration, runs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(700, len(LABELS))) * 2
+    y = np.array([rng.choice(len(LABELS), p=p) for p in calibration.apply_temperature(logits, 1.0)])
+    probs = calibration.apply_temperature(logits * 3, 1.0)  # over-confident: T > 1 fits
+    fitted = calibration.calibrate(probs[:300], y[:300], probs[300:], y[300:], LABELS)
+    skipped = calibration.calibrate(probs[:5], y[:5], probs[300:], y[300:], LABELS)
+    (fresh["runs"]["efficientnetb0"] / runs.CALIBRATION).write_text(json.dumps(fitted), encoding="utf-8")
+    (fresh["runs"]["mobilenetv2"] / runs.CALIBRATION).write_text(json.dumps(skipped), encoding="utf-8")
+
+    section = _section(write_comparison_report(fresh["comp"]).read_text(encoding="utf-8"), "calibration")
+    table = section[section.index("Temperature scaling and prediction sets"):]
+    assert table.count("<tr>") == 1 + 3  # the header, then the three completed backbones; the failed one is not
+    assert "coverage at 90.0%" in table and "coverage at 95.0%" in table
+    row = table[table.index("efficientnetb0"):].split("</tr>")[0]
+    assert f"{fitted['temperature']:.3f}" in row and fitted["temperature"] > 1
+    assert f"{fitted['ece_test_before']:.3f}" in row and f"{fitted['ece_test_after']:.3f}" in row
+    for level in fitted["conformal"]["levels"]:
+        assert f"{level['coverage']:.3f}" in row and f"{level['mean_set_size']:.2f}" in row
+    assert "skipped: " + skipped["reason"].replace("'", "&#39;") in table
+    assert f"no {runs.CALIBRATION} in its run folder" in table  # the third member, an older run
+    assert FAILED[0] not in table
+
+
 def test_leaderboard_values_order_and_tiers(built):
     board = _section(built["html"], "leaderboard")
     for text in ("0.975 [0.871, 0.996]", "0.950 [0.835, 0.986]", "0.900 [0.769, 0.960]", "7.8 ms", "243.9 img/s",
