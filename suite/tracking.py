@@ -118,8 +118,8 @@ def run_record(path: Path, name: str | None = None) -> Record:
     manifest = run.manifest
     metrics = _metrics_of(path / runs.METRICS)
     metrics.update({f"official_test_{k}": v for k, v in _metrics_of(path / runs.OFFICIAL_TEST).items()})
-    for key, value in (manifest.get("timings") or {}).items():
-        _put(metrics, f"time_{key}", value)
+    for what, seconds in (manifest.get("timings") or {}).items():
+        _put(metrics, f"time_{what}", seconds)
     _put(metrics, "n_params", manifest.get("params"))
     _put(metrics, "epochs_run", manifest.get("epochs_run"))
     dataset = manifest.get("dataset") or {}
@@ -386,12 +386,27 @@ def artifact_location(uri: str) -> str | None:
 
 def log_record(client, experiment_id: str, record: Record, parent_id: str | None = None) -> str:
     """Create one MLflow run for ``record`` (nested under ``parent_id``), then its children; returns its id."""
-    from mlflow.entities import Metric, Param
 
     tags = dict(record.tags)
     if parent_id is not None:
         tags["mlflow.parentRunId"] = parent_id
     run_id = client.create_run(experiment_id, run_name=record.name, tags=tags).info.run_id
+    try:
+        _log_contents(client, run_id, record)
+        for child in record.children:
+            log_record(client, experiment_id, child, run_id)
+    except BaseException:
+        with contextlib.suppress(Exception):  # not left "running" in the store; the first error is the one told
+            client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FAILED" if record.failed else "FINISHED")
+    return run_id
+
+
+def _log_contents(client, run_id: str, record: Record) -> None:
+    """Params, metrics (final ones at step 0, per-epoch ones at their epoch) and artifacts, in MLflow's batch sizes."""
+    from mlflow.entities import Metric, Param
+
     now = int(time.time() * 1000)
     params = [Param(key(k), v) for k, v in record.params.items()]
     metrics = [Metric(key(k), v, now, 0) for k, v in record.metrics.items()]
@@ -403,10 +418,6 @@ def log_record(client, experiment_id: str, record: Record, parent_id: str | None
         client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH_METRICS])
     for path in record.artifacts:
         client.log_artifact(run_id, str(path))
-    for child in record.children:
-        log_record(client, experiment_id, child, run_id)
-    client.set_terminated(run_id, status="FAILED" if record.failed else "FINISHED")
-    return run_id
 
 
 @contextlib.contextmanager

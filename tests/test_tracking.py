@@ -222,7 +222,8 @@ def test_run_track_mlflow_end_to_end_in_the_default_store(tiny_data, tmp_path, m
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "runs"
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items()]
-    status, stdout, err = cli("run", "--data", tiny_data, "--out", out, *flags, "--quiet", "--track", "mlflow")
+    status, stdout, err = cli("run", "--data", tiny_data, "--out", out, "--backbone", "mobilenetv2", *flags, "--quiet",
+                              "--track", "mlflow")
     assert status == 0, err
     run_dir = Path(stdout.strip())
     assert "tracked in MLflow" in err

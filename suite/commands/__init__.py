@@ -53,7 +53,7 @@ def resume_folder(args: Any, find_latest: Callable[[Path, str], Path | None], wh
     return found
 
 
-def track(args: Any, folder: Path) -> None:
+def track_result(args: Any, folder: Path) -> None:
     """With ``--track mlflow``, log the finished ``folder``; a tracking failure is one warning line,
     never the command's failure (the folder is complete and ``suite track`` can log it later)."""
     if getattr(args, "track", None) is None:
