@@ -63,7 +63,7 @@ CALIBRATION = "calibration.json"  # temperature and conformal thresholds fitted 
 CONTAMINATION = "contamination.csv"  # an evaluation's images that are copies of the run's training images
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"  # a tuning folder's TensorBoard event files: one folder per trial (HParams)
-TENSORBOARD_EVENTS = "events.out.tfevents.{time}.{host}"  # the name TensorBoard looks for
+TENSORBOARD_EVENTS = "events.out.tfevents.suite"  # one per trial, rewritten when a trial reruns
 # The default MLflow store beside the result folders of an output folder (--track mlflow, suite track).
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"

@@ -441,7 +441,8 @@ def _quiet_mlflow() -> Iterator[None]:
 
 def write_trial_events(logdir: Path, trial_id: str, values: Mapping[str, Any], trial_dir: Path,
                        objective: str) -> Path:
-    """Write one trial to ``logdir`` (its own TensorBoard run) for the HParams dashboard; returns the file.
+    """Write one trial to ``logdir`` (its own TensorBoard run) for the HParams dashboard; returns the file
+    (one file, replaced when a resumed search reruns the trial).
 
     The trial's values as HParams, its score under the objective's name, and each fold's
     per-epoch figures as ``epoch_<name>`` (``fold<k>/epoch_<name>`` when scored over folds),
@@ -450,7 +451,6 @@ def write_trial_events(logdir: Path, trial_id: str, values: Mapping[str, Any], t
     milliseconds under every Keras backend.
     """
     import io
-    import socket
 
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.plugins.hparams import summary_v2 as hp
@@ -477,9 +477,8 @@ def write_trial_events(logdir: Path, trial_id: str, values: Mapping[str, Any], t
     writer = RecordWriter(buffer)
     for event in events:
         writer.write(event.SerializeToString())
-    name = runs.TENSORBOARD_EVENTS.format(time=int(now), host=socket.gethostname())
     logdir.mkdir(parents=True, exist_ok=True)
-    return write_bytes_atomic(logdir / name, buffer.getvalue())
+    return write_bytes_atomic(logdir / runs.TENSORBOARD_EVENTS, buffer.getvalue())
 
 
 def _read_or_empty(path: Path) -> dict:
