@@ -27,7 +27,8 @@ def cli(*args) -> tuple[int, str, str]:
 
 
 # Tests that log to a store are slow: making a SQLite store's tables takes MLflow several seconds
-# (once per module); what a store would receive is checked in the quick tier on the records alone.
+# (once per module), importing it two; what a store would receive is checked in the quick tier on
+# the records alone.
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,7 @@ def test_track_command_logs_folders_and_refuses_what_it_cannot(client, every_kin
     assert status == 2 and "has not finished" in err
 
 
+@pytest.mark.slow  # importing MLflow and trying the store: seconds
 def test_an_unreachable_store_is_one_warning_and_keeps_the_folder(every_kind, tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("")  # the store's folder cannot be made
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}")
