@@ -250,6 +250,22 @@ def _resume(what: str):
     return add
 
 
+def _track(p):
+    from suite.tracking import TRACKERS
+
+    p.add_argument("--track", choices=TRACKERS, default=None,
+                   help="also log the finished folder to MLflow: settings, per-epoch and final metrics, tags, "
+                        "report and model; nested runs for backbones, folds and trials. Store: "
+                        "$MLFLOW_TRACKING_URI, else sqlite OUT/mlflow.db. Not part of a run's settings: "
+                        "resuming with or without it is allowed (default: off)")
+    _experiment(p)
+
+
+def _experiment(p):
+    p.add_argument("--experiment", default=None, metavar="NAME",
+                   help="MLflow experiment (default: the folder's kind: run, comparison, cv, tuning)")
+
+
 def _out(default_text: str):
     def add(p):
         p.add_argument("--out", default=None, help=f"where the result folder goes (default: {default_text})")
@@ -312,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error, not just its line (or set SUITE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     quiet = _parent(_quiet)
+    track = _parent(_track)
 
     def command(name: str, help: str, *, parents=(), **kwargs) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, parents=list(parents), **kwargs)
@@ -319,11 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     seeds = _parent(_seeds)
-    p = command("run", "train and evaluate one backbone; prints the run folder", parents=[quiet, seeds])
+    p = command("run", "train and evaluate one backbone; prints the run folder", parents=[quiet, seeds, track])
     add_run_arguments(p)
 
     p = command("compare", "train every backbone under identical conditions; prints the comparison folder",
-                parents=[quiet, seeds])
+                parents=[quiet, seeds, track])
     p.add_argument("--backbones", type=_backbone_list, default=None,
                    help="backbones, families (convnext), globs (efficientnet*), 'all' or 'reference', "
                         "comma-separated (default: reference, the three reference backbones)")
@@ -333,12 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(p, [n for n in USER_FIELDS if n != "backbone"])
 
     p = command("cv", "stratified K-fold cross-validation of one backbone; prints the CV folder",
-                parents=[quiet, _parent(_resume("cv"))])
+                parents=[quiet, _parent(_resume("cv")), track])
     p.add_argument("--folds", type=_folds, default=5, help="K (default: 5)")
     add_run_arguments(p)
 
     p = command("tune", "search training settings with Keras Tuner, retrain the best; prints the tuning folder",
-                parents=[quiet, _parent(_resume("tune"))], description=TUNE_DESCRIPTION,
+                parents=[quiet, _parent(_resume("tune")), track], description=TUNE_DESCRIPTION,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tuner", choices=TUNER_NAMES, default="random", help="Keras Tuner oracle (default: random)")
     p.add_argument("--max-trials", type=_positive_int, default=10,
@@ -396,6 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "mobilenetv2:accuracy>=0.9 (may repeat)")
     p.add_argument("paths", nargs="+", help="run, comparison or CV folders, or a folder of them")
 
+    p = command("track", "log finished run, comparison, cv or tuning folders to MLflow ($MLFLOW_TRACKING_URI, "
+                         "else sqlite mlflow.db beside each folder)", parents=[_parent(_experiment)])
+    p.add_argument("paths", nargs="+", type=_existing_dir, metavar="FOLDER",
+                   help="run, evaluation, comparison, cv or tuning folders (each is logged anew)")
+
     p = command("list", "list the registered backbones")
     p.add_argument("pattern", nargs="?", default="*",
                    help="names, families or globs, comma-separated (default: all)")
@@ -443,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, *, quiet_backend: bool) -> int:
+    if getattr(args, "experiment", None) and "track" in args and not args.track:
+        raise SuiteError("--experiment names the MLflow experiment of --track mlflow: give --track mlflow too")
+    if getattr(args, "track", None):
+        from suite.tracking import check_tracker
+
+        check_tracker(args.track)  # a missing package is named now, not after hours of training
     if args.command in BACKEND_COMMANDS:
         from suite.runtime import start_backend
 

@@ -9,7 +9,7 @@ Folder kinds (``FOLDER_KINDS``, most specific first):
     comparison  comparison.json, leaderboard.csv/.json (with --seeds: leaderboard_seeds.csv/.json),
                 gradcam.npz, report.html
     cv          cv.json, fold-K/ run folders (each with official_test_metrics.json), report.html
-    tuning      search.json, tuning.json, keras_tuner/, retrained run folders, report.html
+    tuning      search.json, tuning.json, keras_tuner/, tensorboard/, retrained run folders, report.html
     audit       audit.json, audit.html
     evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, contamination.csv,
                 report.html
@@ -54,6 +54,7 @@ OFFICIAL_TEST = "official_test_metrics.json"
 TUNING = "tuning.json"
 SEARCH = "search.json"
 TRIAL = "suite_trial.json"
+TRIAL_FOLD_HISTORY = "history_fold{k}.csv"  # a trial scored over folds: fold k's history.csv
 TUNER_PROJECT = "keras_tuner"
 AUDIT = "audit.json"
 AUDIT_REPORT = "audit.html"
@@ -61,6 +62,11 @@ TRAINING_HASHES = "training_hashes.npz"  # what a run trained on, for contaminat
 CALIBRATION = "calibration.json"  # temperature and conformal thresholds fitted on val (suite.calibration)
 CONTAMINATION = "contamination.csv"  # an evaluation's images that are copies of the run's training images
 LOCK = ".lock"
+TENSORBOARD = "tensorboard"  # a tuning folder's TensorBoard event files: one folder per trial (HParams)
+TENSORBOARD_EVENTS = "events.out.tfevents.suite"  # one per trial, rewritten when a trial reruns
+# The default MLflow store beside the result folders of an output folder (--track mlflow, suite track).
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
 
 
 def timestamp(now: dt.datetime | None = None) -> str:

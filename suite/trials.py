@@ -72,8 +72,21 @@ def _tuner_class():
             super().__init__(oracle=oracle, hypermodel=None, **kwargs)
 
         def run_trial(self, trial, *args, **kwargs):
-            return self.runner.run(trial.trial_id, dict(trial.hyperparameters.values),
-                                   Path(self.get_trial_dir(trial.trial_id)))
+            values, trial_dir = dict(trial.hyperparameters.values), Path(self.get_trial_dir(trial.trial_id))
+            try:
+                return self.runner.run(trial.trial_id, values, trial_dir)
+            finally:
+                self._write_events(trial.trial_id, values, trial_dir)
+
+        def _write_events(self, trial_id: str, values: dict, trial_dir: Path) -> None:
+            """The trial for TensorBoard's HParams dashboard (``tensorboard --logdir <folder>/tensorboard``)."""
+            from suite.tracking import write_trial_events
+
+            try:
+                write_trial_events(Path(self.directory) / runs.TENSORBOARD / f"trial_{trial_id}", trial_id,
+                                   values, trial_dir, self.runner.objective)
+            except Exception as exc:  # a dashboard file must not fail the trial
+                self.runner.log(f"warning: TensorBoard events of trial {trial_id} not written: {exc}")
 
     return SuiteTuner
 
@@ -164,7 +177,7 @@ class TrialRunner:
         try:
             config = self.trial_config(values)
             for k, (train_rows, val_rows) in enumerate(self.folds_):
-                name = runs.HISTORY if len(self.folds_) == 1 else f"history_fold{k}.csv"
+                name = runs.HISTORY if len(self.folds_) == 1 else runs.TRIAL_FOLD_HISTORY.format(k=k)
                 self.start_fold(k)
                 score, record["params"] = self._fit_fold(config, train_rows, val_rows, trial_dir / name)
                 record["fold_scores"].append(score)

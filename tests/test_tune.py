@@ -113,6 +113,28 @@ def test_best_settings_are_retrained_as_a_normal_run(full_search):
     assert read(run_dir, "metrics.json")["accuracy"] == tuning["test_metrics"]["accuracy"]
 
 
+def test_every_trial_is_a_tensorboard_hparams_session(full_search):
+    """``tensorboard --logdir TUNING/tensorboard`` shows the search: read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    trials = read(full_search)["trials"]
+    logdirs = sorted((full_search / "tensorboard").iterdir())
+    assert [d.name for d in logdirs] == [f"trial_{t['trial_id']}" for t in trials]
+    for logdir, trial in zip(logdirs, trials):
+        events = EventAccumulator(str(logdir))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert start.group_name == trial["trial_id"]
+        assert set(start.hparams) == set(trial["hyperparameters"])
+        assert start.hparams["learning_rate"].number_value == pytest.approx(trial["hyperparameters"]["learning_rate"])
+        if trial["status"] == "COMPLETED":
+            (score,) = events.Tensors("val_accuracy")
+            assert score.tensor_proto.float_val[0] == pytest.approx(trial["score"], abs=1e-6)
+            assert len(events.Tensors("epoch_val_accuracy")) == 1  # one epoch a trial here
+
+
 def test_a_run_flag_fixes_its_setting(full_search):
     tuning = read(full_search)
     assert tuning["space"]["batch_size"] == {"value": 8}

@@ -51,3 +51,13 @@ def resume_folder(args: Any, find_latest: Callable[[Path, str], Path | None], wh
     if found is None:
         raise SuiteError(f"no {what} to resume under {out}")
     return found
+
+
+def track_result(args: Any, folder: Path) -> None:
+    """With ``--track mlflow``, log the finished ``folder``; a tracking failure is one warning line,
+    never the command's failure (the folder is complete and ``suite track`` can log it later)."""
+    if getattr(args, "track", None) is None:
+        return
+    from suite.tracking import track_or_warn
+
+    track_or_warn(folder, experiment=args.experiment, log=log)

@@ -20,7 +20,7 @@ import numpy as np
 from backbones import get_spec
 from reports import finish
 from suite import runs
-from suite.commands import log, run_flags, training_output
+from suite.commands import log, run_flags, track_result, training_output
 from suite.errors import DataError, SuiteError
 from suite.io import read_json, write_csv_atomic, write_json_atomic
 from suite.metrics import (
@@ -343,6 +343,7 @@ def main(args) -> int:
         folder = compare(flags, args.backbones or tuple(expand_backbones("reference")), seeds=args.seeds,
                          externals=args.external, progress=not args.quiet, log=log)
     print(folder)
+    track_result(args, folder)
     return exit_status(folder)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from reports import finish
 from suite import runs
-from suite.commands import log, resume_folder, run_flags, training_output
+from suite.commands import log, resume_folder, run_flags, track_result, training_output
 from suite.config import PLACEMENT_FIELDS
 from suite.data.splits import Split, split_fingerprint, stratified_holdout
 from suite.errors import SuiteError, stop_reason
@@ -279,4 +279,5 @@ def main(args) -> int:
     with training_output():
         folder = cross_validate(run_flags(args), args.folds, resume=resume, progress=not args.quiet, log=log)
     print(folder)
+    track_result(args, folder)
     return 0

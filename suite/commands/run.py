@@ -19,7 +19,7 @@ from backbones import BackboneSpec, get_spec
 from reports import finish
 from suite import runs
 from suite.commands import log as _log
-from suite.commands import run_flags, training_output
+from suite.commands import run_flags, track_result, training_output
 from suite.config import RunConfig, resolve_config
 from suite.data.dataset import PreparedData, prepare_data
 from suite.data.discover import discover
@@ -317,8 +317,10 @@ def main(args) -> int:
         with training_output():
             folder = compare(flags, [backbone], seeds=args.seeds, progress=not args.quiet, log=_log)
         print(folder)
+        track_result(args, folder)
         return exit_status(folder)
     with training_output():
         run_dir = run(run_flags(args), progress=not args.quiet)
     print(run_dir)
+    track_result(args, run_dir)
     return 0

@@ -32,7 +32,7 @@ from typing import Any
 
 from reports import finish
 from suite import runs
-from suite.commands import log, resume_folder, run_flags, training_output
+from suite.commands import log, resume_folder, run_flags, track_result, training_output
 from suite.errors import SuiteError, stop_reason
 from suite.io import read_json, write_json_atomic
 from suite.search_space import DEFAULT_SPACE, SearchSpace
@@ -338,5 +338,6 @@ def main(args) -> int:
         folder = tune(run_flags(args), settings, progress=not args.quiet, log=log)
     print(folder)
     if distributed_role() == "worker":
-        return 0
+        return 0  # the chief logs the search
+    track_result(args, folder)
     return 0 if read_json(folder / runs.TUNING).get("status") == "completed" else 1
