@@ -38,6 +38,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from suite.data.decode import _quiet_bomb_warnings
+
 GRADCAM_SIZE = 320  # longest side of the overlay in px: sharp on the page, small to send
 
 
@@ -220,6 +222,7 @@ def check_upload(upload: Upload, limits: ServeLimits) -> tuple[int, dict] | None
 
     if not upload.data:
         return refused(400, "empty file")
+    _quiet_bomb_warnings()  # Pillow's warning would only repeat, on stderr, what the refusal says
     try:
         with Image.open(upload.source()) as im:
             width, height = im.size
