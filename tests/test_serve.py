@@ -89,14 +89,22 @@ def test_images(tiny_data) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir):
+def predictor(run_dir):
+    """The run's model, loaded once for this module (the server's, and the browser test's reference)."""
+    from suite.inference import Predictor
+
+    return Predictor(run_dir)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, predictor):
     """The app on a real uvicorn server in a thread, at a free loopback port; yields its base URL."""
     import uvicorn
 
     from suite.serve import create_app
 
     sock = bind("127.0.0.1", 0)
-    config = uvicorn.Config(create_app(run_dir, LIMITS), log_level="warning", lifespan="off")
+    config = uvicorn.Config(create_app(run_dir, LIMITS, predictor=predictor), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -113,13 +121,14 @@ def server(run_dir):
 # -- the API -----------------------------------------------------------------------------------
 
 
-def test_predict_returns_the_json_of_suite_predict(server, run_dir, test_images):
-    from suite.commands.predict import predict_images
+def test_predict_returns_the_json_of_suite_predict(server, run_dir, test_images, capsys):
+    from suite.cli import main
 
     body, content_type = multipart([(p.name, p.read_bytes()) for p in test_images])
     status, kind, answer = post(server, "predict", body, content_type)
     assert status == 200 and kind == "application/json", answer[:300]
-    expected = predict_images(run_dir, test_images)
+    assert main(["predict", str(run_dir), *map(str, test_images), "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)
     for entry, path in zip(expected, test_images):
         entry["path"] = path.name  # the API names a file as uploaded
     assert json.loads(answer) == expected
@@ -170,16 +179,34 @@ def _bad_request(test_images, case: str) -> tuple[bytes, str]:
     ("no file", 400, "no image"),
     ("not multipart", 415, "multipart/form-data"),
 ])
-@pytest.mark.parametrize("route", ["predict", "gradcam"])
-def test_a_bad_upload_gets_a_4xx_with_a_message_and_the_server_goes_on(server, test_images, route, case, status,
-                                                                       says):
-    code, kind, answer = post(server, route, *_bad_request(test_images, case))
+def test_a_bad_upload_gets_a_4xx_with_a_message(server, test_images, case, status, says):
+    _assert_refused(server, "predict", _bad_request(test_images, case), status, says)
+
+
+@pytest.mark.parametrize(("case", "status", "says"), [
+    ("text file", 415, "not an image"),
+    ("truncated JPEG", 422, "truncated"),
+    ("100-megapixel image", 413, "10000x10000 px"),
+])
+def test_gradcam_refuses_bad_uploads_alike(server, test_images, case, status, says):
+    _assert_refused(server, "gradcam", _bad_request(test_images, case), status, says)
+
+
+def _assert_refused(server: str, route: str, request: tuple[bytes, str], status: int, says: str) -> None:
+    code, kind, answer = post(server, route, *request)
     assert code == status, answer[:300]
     assert kind == "application/json"
     error = json.loads(answer)["error"]
     assert says in error and "\n" not in error
-    code, _, _ = post(server, "predict", *multipart([(test_images[0].name, test_images[0].read_bytes())]))
-    assert code == 200
+    with DIRECT.open(server, timeout=30) as response:  # the server goes on
+        assert response.status == 200
+
+
+def test_the_model_still_answers_after_the_bad_uploads(server, test_images):
+    for case in ("text file", "truncated JPEG", "100-megapixel image", "too many bytes"):
+        post(server, "predict", *_bad_request(test_images, case))
+    code, _, answer = post(server, "predict", *multipart([(test_images[0].name, test_images[0].read_bytes())]))
+    assert code == 200 and json.loads(answer)[0]["predicted"]
 
 
 def test_one_bad_file_among_good_ones_is_named(server, test_images):
@@ -274,13 +301,11 @@ def served(run_dir):
 
 @pytest.mark.browser
 @pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
-def test_the_page_predicts_an_uploaded_image(served, run_dir, test_images, tmp_path, capsys, monkeypatch):
+def test_the_page_predicts_an_uploaded_image(served, predictor, test_images, tmp_path, capsys, monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from suite.cli import main
 
     address, _ = served
     image = test_images[0]
@@ -319,8 +344,7 @@ def test_the_page_predicts_an_uploaded_image(served, run_dir, test_images, tmp_p
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target / shot.name)
 
-    assert main(["predict", str(run_dir), str(image), "--json"]) == 0
-    expected = json.loads(capsys.readouterr().out)[0]
+    expected = predictor.predict([(image, str(image))])[0]  # what `suite predict --json` prints for it
     assert predicted == expected["predicted"]
     assert shown == expected["probabilities"]
     assert cam_width > 0
