@@ -130,6 +130,13 @@ _image_size = _int_at_least(32, "an image size in px")
 _folds = _int_at_least(2, "a number of folds")
 
 
+def _port(value: str) -> int:
+    port = _int_at_least(0, "a port number")(value)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number up to 65535, got {value}")
+    return port
+
+
 def _weights(value: str) -> str:
     if value in ("auto", "imagenet", "none"):
         return value
@@ -395,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
 
+    p = command("serve", "a local web page predicting uploaded images with a finished run's model "
+                          "(and a JSON API: POST /predict)")
+    p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the "
+                        "network, with a warning: there is no authentication)")
+    p.add_argument("--port", type=_port, default=8000,
+                   help="TCP port (default: 8000; 0: any free port, printed at start)")
+
     p = command("audit", "dataset audit: duplicates, leakage across splits, label conflicts, bad files",
                 parents=[quiet, _parent(_data("dataset folder"), _out(RunConfig.out))])
     p.add_argument("--threshold", type=int, default=None, help="perceptual-hash Hamming distance for near "
@@ -435,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that start a Keras backend.
-BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "predict")
+BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "predict", "serve")
 
 
 # Exit statuses: 2 for an error the user can fix, 128 + the signal's number when stopped by one.
