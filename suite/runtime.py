@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 
 from suite.config import STRATEGY_CHOICES as STRATEGIES
-from suite.errors import SuiteError
+from suite.errors import ClusterError, SuiteError
 
 # Checked here with two local workers (Keras 3.15, TensorFlow 2.21): the cluster forms, then
 # model.fit fails converting a PerReplica batch, the open upstream keras-team/keras#20585.
@@ -30,6 +30,12 @@ TF_MULTIWORKER_UNSUPPORTED = (
     "train across machines with KERAS_BACKEND=jax and JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
     "JAX_PROCESS_ID set (see README), or on one machine with --strategy mirrored")
 _CONFIGURED: dict = {}
+
+# The environment that describes a JAX cluster, read by the suite (not by Keras or JAX).
+CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# Seconds to wait for every process to join, for a silent process to count as dead,
+# and for the others at exit; SUITE_CLUSTER_TIMEOUT overrides it.
+CLUSTER_TIMEOUT_S = 120
 
 # -- what the process runs on ---------------------------------------------------------------------
 
@@ -117,6 +123,7 @@ def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *
     descriptor 2 is read while the backend loads and every other line is passed on.
     """
     check_backend_installed()
+    join_cluster_if_asked(strategy)  # unfiltered: a cluster that does not form says so on the terminal
     filtered = quiet and "keras" not in sys.modules
     with _startup_chatter_filtered() if filtered else contextlib.nullcontext():
         settings = configure_process(cpu_devices, strategy)
@@ -160,15 +167,16 @@ def configure_process(cpu_devices: int | None = None, strategy: str | None = Non
       machines, where two concurrent ops only fight over the same cores.
     * JAX: a persistent compilation cache in the suite's cache folder, so a second
       identical run loads its compiled programs instead of recompiling them.
+    * JAX with ``strategy`` resolving to ``multiworker``: join the cluster the environment
+      describes (:func:`join_cluster`); the settings then hold ``cluster``.
 
     ``strategy`` is only checked here (:func:`resolve_strategy`), so that a strategy that
     cannot run stops the command before it makes anything.
 
     Returns what was set (idempotent: a second call returns the first call's settings).
     """
-    if strategy is not None:  # refuse what cannot run before anything starts
-        resolve_strategy(strategy, os.environ.get("KERAS_BACKEND") or _keras_backend(), 1)
-    if _CONFIGURED:
+    join_cluster_if_asked(strategy)  # refuses what cannot run before anything starts
+    if _CONFIGURED.keys() - {"cluster"}:
         if cpu_devices and cpu_devices != (_CONFIGURED["cpu_devices"] or 1):
             raise SuiteError(f"this process already runs with {_CONFIGURED['cpu_devices'] or 1} CPU device(s); "
                              f"--cpu-devices {cpu_devices} must be given before the backend starts "
@@ -183,7 +191,7 @@ def configure_process(cpu_devices: int | None = None, strategy: str | None = Non
     elif cpu_devices and cpu_devices > 1:
         raise SuiteError(f"--cpu-devices needs the tensorflow or jax backend, not {backend}")
     _CONFIGURED.update(settings)
-    return dict(settings)
+    return dict(_CONFIGURED)
 
 
 def _keras_backend() -> str:
@@ -212,6 +220,157 @@ def _configure_jax(cpu_devices: int | None) -> dict:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     COMPILE_MONITOR.install()
     return {"jax_compilation_cache": str(folder)}
+
+
+# -- a cluster of JAX processes ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The processes a multi-worker run spans, as ``JAX_*`` variables describe them.
+
+    Attributes:
+        coordinator: ``host:port`` of process 0, where the others connect.
+        processes: how many processes train together.
+        process_id: this process's number, 0 to ``processes - 1``; process 0 keeps the run folder.
+        timeout_s: seconds allowed for all processes to join, for a silent one to count as
+            dead, and for the others to finish at exit (``SUITE_CLUSTER_TIMEOUT``).
+    """
+
+    coordinator: str
+    processes: int
+    process_id: int
+    timeout_s: int = CLUSTER_TIMEOUT_S
+
+    @property
+    def lead(self) -> bool:
+        return self.process_id == 0
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cluster_from_env(environ=os.environ) -> Cluster:
+    """Read the cluster from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``."""
+    missing = [name for name in CLUSTER_VARS if not environ.get(name)]
+    if missing:
+        raise SuiteError(f"--strategy multiworker needs {', '.join(missing)} set on every process "
+                         "(JAX_COORDINATOR_ADDRESS=host:port of process 0, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    coordinator = environ["JAX_COORDINATOR_ADDRESS"]
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise SuiteError(f"JAX_COORDINATOR_ADDRESS={coordinator} is not host:port (e.g. 10.0.0.5:1234)")
+    processes = _int_var(environ, "JAX_NUM_PROCESSES", 1)
+    process_id = _int_var(environ, "JAX_PROCESS_ID", 0)
+    if process_id >= processes:
+        raise SuiteError(f"JAX_PROCESS_ID={process_id} must be below JAX_NUM_PROCESSES={processes}")
+    timeout = _int_var(environ, "SUITE_CLUSTER_TIMEOUT", 1) if environ.get("SUITE_CLUSTER_TIMEOUT") \
+        else CLUSTER_TIMEOUT_S
+    return Cluster(coordinator, processes, process_id, timeout)
+
+
+def _int_var(environ, name: str, minimum: int) -> int:
+    value = environ[name]
+    if not value.strip().isdigit() or int(value) < minimum:
+        raise SuiteError(f"{name}={value} must be a whole number of at least {minimum}")
+    return int(value)
+
+
+def join_cluster_if_asked(strategy: str | None) -> None:
+    """Check ``strategy`` against the backend; join the cluster once if it resolves to ``multiworker``."""
+    if strategy is None:
+        return
+    if resolve_strategy(strategy, os.environ.get("KERAS_BACKEND") or _keras_backend(), 1) != "multiworker":
+        return
+    if "cluster" not in _CONFIGURED:
+        _CONFIGURED["cluster"] = join_cluster(cluster_from_env())  # before JAX's first operation
+
+
+# JAX's own deadlines come this much later than the suite's, which end the process with one line;
+# JAX's end it with a page of C++ log.
+_JAX_GRACE_S = 30
+EXIT_CLUSTER = 2  # the CLI's status for an error the user can act on
+
+
+def join_cluster(cluster: Cluster) -> dict:
+    """Connect this process to the others (``jax.distributed.initialize``); return what the manifest keeps.
+
+    CPU processes exchange gradients over gloo (TCP), which must be chosen before JAX starts
+    its backends. A process that has not met all the others within ``cluster.timeout_s``
+    ends with one ``error:`` line (a watchdog: JAX would abort the process itself, later).
+    """
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only the CPU backend reads it
+    message = (f"process {cluster.process_id} of {cluster.processes} could not form the cluster at "
+               f"{cluster.coordinator} within {cluster.timeout_s}s: is every process started, with the same "
+               "JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES and its own JAX_PROCESS_ID? (SUITE_CLUSTER_TIMEOUT "
+               "sets the wait)")
+    limit = cluster.timeout_s + _JAX_GRACE_S
+    with _deadline(cluster.timeout_s, message):
+        try:
+            jax.distributed.initialize(cluster.coordinator, cluster.processes, cluster.process_id,
+                                       initialization_timeout=limit, heartbeat_timeout_seconds=limit,
+                                       shutdown_timeout_seconds=limit)
+        except Exception as exc:  # refused at once (a port in use, a backend already started)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClusterError(f"{message}: {first}") from None
+    return cluster.describe()
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, message: str) -> Iterator[None]:
+    """End the process with ``error: message`` if the block still runs after ``seconds``.
+
+    For waits inside JAX's C++ runtime, which no Python exception can interrupt.
+    """
+    import threading
+
+    def expire():
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_CLUSTER)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def cluster() -> Cluster | None:
+    """The cluster this process joined, or ``None`` when it trains alone."""
+    joined = _CONFIGURED.get("cluster")
+    return Cluster(**joined) if joined else None
+
+
+def is_lead_process() -> bool:
+    """True unless this process is a non-zero member of a cluster (only process 0 writes run folders)."""
+    joined = cluster()
+    return joined is None or joined.lead
+
+
+def leave_cluster(status: int) -> None:
+    """Leave the cluster at the end of a command that ended with ``status``; nothing without a cluster.
+
+    At exit JAX waits for every process to arrive, and aborts with a page of C++ log when
+    one never does. A failed process has said why in one line and ends at once, with
+    ``status``; a finished one waits for the others up to ``timeout_s``, then ends with one line.
+    """
+    joined = cluster()
+    if joined is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status:
+        os._exit(status)
+    import jax
+
+    with _deadline(joined.timeout_s, f"process {joined.process_id} of {joined.processes} finished, but another "
+                   f"process did not finish within {joined.timeout_s}s: it failed or left"):
+        jax.distributed.shutdown()
 
 
 def _configure_tensorflow(cpu_devices: int | None) -> dict:
@@ -253,8 +412,10 @@ class Distribution:
     Attributes:
         name: ``none``, ``mirrored`` or ``multiworker`` (``auto`` resolved).
         replicas: model copies each global batch is split across.
-        devices: the devices they run on.
+        devices: the devices they run on (every process's, for ``multiworker``).
         engine: what does the work (``tf.distribute.MirroredStrategy``, ...).
+        processes: processes training together (``multiworker``: the cluster's size, else 1).
+        process_id: this process's number among them.
     """
 
     name: str
@@ -262,10 +423,37 @@ class Distribution:
     devices: tuple[str, ...]
     engine: str
     strategy: object = dataclasses.field(default=None, repr=False, compare=False)
+    processes: int = 1
+    process_id: int = 0
 
     def describe(self) -> dict:
         return {"strategy": self.name, "replicas": self.replicas, "devices": list(self.devices),
-                "engine": self.engine}
+                "engine": self.engine, "processes": self.processes}
+
+    def local_batch(self, global_batch: int) -> int:
+        """This process's share of a global batch (:func:`split_batch`)."""
+        return split_batch(global_batch, self.processes)
+
+    def share(self, x, y):
+        """This process's part of the training arrays: every ``processes``-th image from ``process_id``.
+
+        Every share has the same length (``len(y) // processes``; up to ``processes - 1``
+        images are left out) so that all processes take the same number of steps, each of
+        which needs all of them.
+        """
+        if self.processes == 1:
+            return x, y
+        n = len(y) // self.processes
+        rows = slice(self.process_id, self.process_id + n * self.processes, self.processes)
+        return x[rows], y[rows]
+
+
+def split_batch(global_batch: int, processes: int) -> int:
+    """Each process's share of a global batch; refuses a batch the processes cannot split evenly."""
+    if global_batch % processes:
+        raise SuiteError(f"--batch-size {global_batch} does not split evenly over {processes} processes; "
+                         f"use a multiple of {processes}")
+    return global_batch // processes
 
 
 def local_devices(backend: str) -> tuple[list[str], str]:
@@ -341,12 +529,16 @@ def _jax_distribution(name: str) -> Distribution:
     import jax
     import keras
 
-    if name == "multiworker":
-        keras.distribution.initialize()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
-    devices = [d for d in jax.devices() if d.platform != "cpu"] or jax.devices("cpu")
-    strategy = keras.distribution.DataParallel(devices=devices)
+    joined = cluster()
+    if name == "multiworker" and joined is None:
+        raise SuiteError("--strategy multiworker must be chosen before the backend starts (on the command line)")
+    devices = [d for d in jax.devices() if d.platform != "cpu"] or jax.devices("cpu")  # every process's
+    # Multi-worker: each process passes its own share of every global batch (Distribution.share),
+    # so Keras must not shard the data again.
+    strategy = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=joined is None)
     return Distribution(name, len(devices), tuple(str(d) for d in devices),
-                        "keras.distribution.DataParallel", strategy)
+                        "keras.distribution.DataParallel", strategy,
+                        processes=joined.processes if joined else 1, process_id=joined.process_id if joined else 0)
 
 
 @contextlib.contextmanager
@@ -367,6 +559,22 @@ def distribution_scope(dist: Distribution) -> Iterator[Distribution]:
         yield dist
     finally:
         keras.distribution.set_distribution(previous)
+
+
+@contextlib.contextmanager
+def cluster_guard(dist: Distribution) -> Iterator[None]:
+    """Turn the backend's error from a collective whose peer is gone into one clear :class:`ClusterError`."""
+    if dist.processes == 1:
+        yield
+        return
+    try:
+        yield
+    except SuiteError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ClusterError(f"process {dist.process_id} of {dist.processes} stopped: another process of the cluster "
+                          f"failed or left ({first})") from exc
 
 
 # ----------------------------------------------------------------------------------
