@@ -289,6 +289,8 @@ def join_cluster_if_asked(strategy: str | None) -> None:
 # JAX's own deadlines come this much later than the suite's, which end the process with one line;
 # JAX's end it with a page of C++ log.
 _JAX_GRACE_S = 30
+_EXIT_WAIT_S = 24 * 3600
+_WATCH: list = []  # the running ClusterWatch, once joined
 EXIT_CLUSTER = 2  # the CLI's status for an error the user can act on
 
 
@@ -309,13 +311,92 @@ def join_cluster(cluster: Cluster) -> dict:
     limit = cluster.timeout_s + _JAX_GRACE_S
     with _deadline(cluster.timeout_s, message):
         try:
+            # At exit the processes wait for each other as long as it takes: the watch ends a wait for a dead one.
             jax.distributed.initialize(cluster.coordinator, cluster.processes, cluster.process_id,
                                        initialization_timeout=limit, heartbeat_timeout_seconds=limit,
-                                       shutdown_timeout_seconds=limit)
+                                       shutdown_timeout_seconds=_EXIT_WAIT_S)
         except Exception as exc:  # refused at once (a port in use, a backend already started)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ClusterError(f"{message}: {first}") from None
+    from jax._src import distributed  # the client: JAX has no public handle on it
+
+    _WATCH.append(ClusterWatch(cluster, distributed.global_state.client).start())
     return cluster.describe()
+
+
+class ClusterWatch:
+    """Every process of a cluster beats once a second in JAX's coordination service and watches
+    the others' beats: a process silent for ``timeout_s`` (dead, or hung with its machine), or a
+    coordinator out of reach that long, ends this one with one ``error:`` line and status 2.
+
+    JAX's own heartbeat would also notice, ``_JAX_GRACE_S`` later, and abort the process with a
+    page of C++ log; a collective whose peer died fails at once (:func:`cluster_guard`), but a
+    process compiling, evaluating or waiting at exit would only learn of it this way.
+    """
+
+    PREFIX = "suite/beat/"
+
+    def __init__(self, cluster: Cluster, client, interval_s: float = 1.0):
+        self.cluster, self.client, self.interval_s = cluster, client, interval_s
+
+    def start(self) -> ClusterWatch:
+        import threading
+
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="suite-cluster-watch", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import time
+
+        me, peers = self.cluster.process_id, set(range(self.cluster.processes)) - {self.cluster.process_id}
+        beat, contact = 0, time.monotonic()
+        seen = {peer: (None, contact) for peer in peers}  # last beat seen, and when it changed
+        while not self._stop.wait(self.interval_s):
+            now = time.monotonic()
+            try:
+                beat += 1
+                self.client.key_value_set(f"{self.PREFIX}{me}", str(beat), allow_overwrite=True)
+                beats = {key.rsplit("/", 1)[-1]: value for key, value in self.client.key_value_dir_get(self.PREFIX)}
+                contact = now
+            except Exception:  # the coordinator (process 0) does not answer
+                if now - contact > self.cluster.timeout_s and not self._stop.is_set():
+                    self._fail(f"process 0, the coordinator at {self.cluster.coordinator}, has been out of reach "
+                               f"for {self.cluster.timeout_s}s (it died or left)")
+                continue
+            for peer in sorted(peers):
+                value = beats.get(str(peer))
+                if value != seen[peer][0]:
+                    seen[peer] = (value, now)
+                elif now - seen[peer][1] > self.cluster.timeout_s and not self._stop.is_set():
+                    self._fail(f"process {peer} has been silent for {self.cluster.timeout_s}s (it died, hung or left)")
+
+    def _fail(self, why: str) -> None:
+        message = f"process {self.cluster.process_id} of {self.cluster.processes} stopped: {why}"
+        for last_words in list(_LAST_WORDS):  # e.g. mark the run folder failed
+            try:
+                last_words(message)
+            except Exception:
+                pass
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_CLUSTER)
+
+
+_LAST_WORDS: list = []
+
+
+@contextlib.contextmanager
+def if_cluster_lost(record) -> Iterator[None]:
+    """Within the block, call ``record(message)`` before the process ends because the cluster lost a process."""
+    _LAST_WORDS.append(record)
+    try:
+        yield
+    finally:
+        _LAST_WORDS.remove(record)
 
 
 @contextlib.contextmanager
@@ -352,15 +433,26 @@ def is_lead_process() -> bool:
     return joined is None or joined.lead
 
 
+def refuse_multiworker(strategy: str | None, command: str) -> None:
+    """Stop ``command`` before it starts if it would train across processes.
+
+    Only ``suite run`` (one seed) knows that process 0 alone keeps the folder; comparisons,
+    cross-validation, tuning and benchmarks would write one on every process.
+    """
+    backend = os.environ.get("KERAS_BACKEND") or _keras_backend()
+    if cluster() is not None or resolve_strategy(strategy or "auto", backend, 1) == "multiworker":
+        raise SuiteError(f"{command} does not run multi-worker; train across processes with `suite run` "
+                         "(one --seeds), or unset JAX_COORDINATOR_ADDRESS and pick another --strategy")
+
+
 def leave_cluster(status: int) -> None:
     """Leave the cluster at the end of a command that ended with ``status``; nothing without a cluster.
 
     At exit JAX waits for every process to arrive, and aborts with a page of C++ log when
     one never does. A failed process has said why in one line and ends at once, with
-    ``status``; a finished one waits for the others up to ``timeout_s``, then ends with one line.
+    ``status``; a finished one waits for the others while they live (:class:`ClusterWatch`).
     """
-    joined = cluster()
-    if joined is None:
+    if cluster() is None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
@@ -368,9 +460,9 @@ def leave_cluster(status: int) -> None:
         os._exit(status)
     import jax
 
-    with _deadline(joined.timeout_s, f"process {joined.process_id} of {joined.processes} finished, but another "
-                   f"process did not finish within {joined.timeout_s}s: it failed or left"):
-        jax.distributed.shutdown()
+    jax.distributed.shutdown()
+    for watch in _WATCH:
+        watch.stop()
 
 
 def _configure_tensorflow(cpu_devices: int | None) -> dict:

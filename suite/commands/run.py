@@ -27,7 +27,7 @@ from suite.data.discover import discover
 from suite.errors import DiskFull, stop_reason
 from suite.io import write_csv_atomic, write_json_atomic
 from suite.model import check_image_size
-from suite.runtime import cluster, configure_process, is_lead_process, split_batch
+from suite.runtime import cluster, configure_process, if_cluster_lost, is_lead_process, split_batch
 from suite.weights import WeightsChoice, resolve_weights
 
 
@@ -107,9 +107,14 @@ def execute(
     spec, config, weights, data = prepared.spec, prepared.config, prepared.weights, prepared.data
     manifest = initial_manifest(run_dir, config, data, weights)
     runs.write_manifest(run_dir, manifest)
+
+    def lost(message: str) -> None:  # the process ends at once: record why first
+        runs.write_manifest(run_dir, {**manifest, "status": "failed", "error": message, "finished": runs.now_iso()})
+
     try:
-        _write_training_hashes(data, run_dir, log)
-        _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
+        with if_cluster_lost(lost):
+            _write_training_hashes(data, run_dir, log)
+            _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
     except DiskFull as exc:  # the next backbone or fold would meet the same full disk: stop
         manifest.update(status="failed", error=stop_reason(exc))
         raise
@@ -325,6 +330,9 @@ def _write_training_hashes(data: PreparedData, run_dir: Path, log) -> None:
 def main(args) -> int:
     if args.seeds > 1:  # one backbone under several seeds: a comparison of its replicates
         from suite.commands.compare import compare, exit_status
+        from suite.runtime import refuse_multiworker
+
+        refuse_multiworker(args.strategy, "suite run --seeds")
 
         flags = run_flags(args)
         backbone = get_spec(flags.pop("backbone") or RunConfig.backbone).name
