@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.jax, pytest.mark.slow]
+from suite.errors import SuiteError
+from suite.runtime import Distribution, cluster_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # One step per epoch: the global batch (64) holds every training image of the tiny data (36), so
@@ -39,7 +41,7 @@ def _free_port() -> int:
 
 def _env(tmp_path: Path, port: int | None = None, process_id: int | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(KERAS_BACKEND="jax", SUITE_CLUSTER_TIMEOUT=str(CLUSTER_TIMEOUT_S),
+    env.update(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", SUITE_CLUSTER_TIMEOUT=str(CLUSTER_TIMEOUT_S),
                # The tests' dead proxy (no downloads) must not carry the cluster's own gRPC traffic.
                no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost",
                # Cheaper compiles (every run here uses the same flags, so the comparison stays fair).
@@ -77,7 +79,53 @@ def _losses(run_dir: Path) -> list[tuple[float, float]]:
         return [(float(row["loss"]), float(row["val_loss"])) for row in csv.DictReader(f)]
 
 
+# ----------------------------------------------------------------------------------
+# The cluster's description and each process's share (no backend started)
+# ----------------------------------------------------------------------------------
+
+
+CLUSTER = {"JAX_COORDINATOR_ADDRESS": "10.0.0.5:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+
+
+def test_the_cluster_is_read_from_the_jax_variables():
+    cluster = cluster_from_env({**CLUSTER, "SUITE_CLUSTER_TIMEOUT": "15"})
+    assert (cluster.coordinator, cluster.processes, cluster.process_id, cluster.timeout_s) == \
+        ("10.0.0.5:1234", 2, 1, 15)
+    assert not cluster.lead and cluster_from_env(CLUSTER).timeout_s == 120
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"JAX_PROCESS_ID": None}, "needs JAX_PROCESS_ID"),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.5"}, "not host:port"),
+    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES=two must be a whole number"),
+    ({"JAX_PROCESS_ID": "2"}, "must be below JAX_NUM_PROCESSES=2"),
+    ({"SUITE_CLUSTER_TIMEOUT": "0"}, "SUITE_CLUSTER_TIMEOUT=0"),
+])
+def test_a_bad_cluster_description_is_one_clear_error(change, message):
+    environ = {k: v for k, v in {**CLUSTER, **change}.items() if v is not None}
+    with pytest.raises(SuiteError, match=message):
+        cluster_from_env(environ)
+
+
+def test_each_process_feeds_an_equal_share_of_every_global_batch():
+    x, y = np.arange(7)[:, None], np.arange(7)
+    shares = [Distribution("multiworker", 2, ("cpu:0", "cpu:1"), "test", processes=2, process_id=i).share(x, y)
+              for i in (0, 1)]
+    assert [list(share[1]) for share in shares] == [[0, 2, 4], [1, 3, 5]]  # the same length: one image left out
+    assert Distribution("multiworker", 2, (), "test", processes=2).local_batch(64) == 32
+    with pytest.raises(SuiteError, match="multiple of 2"):
+        Distribution("multiworker", 2, (), "test", processes=2).local_batch(9)
+
+
+# ----------------------------------------------------------------------------------
+# Two local processes (JAX, gloo over 127.0.0.1)
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.jax
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_only_process_0_keeps_a_folder(tmp_path, tiny_data):
+    pytest.importorskip("jax")
     port = _free_port()
     procs = {
         "p0": _start(tmp_path, tiny_data, tmp_path / "out0", "p0", _env(tmp_path, port, 0), "multiworker"),
@@ -113,7 +161,10 @@ def test_two_processes_train_like_one_and_only_process_0_keeps_a_folder(tmp_path
         assert loss2 == pytest.approx(loss1, rel=LOSS_RTOL)
 
 
+@pytest.mark.jax
+@pytest.mark.slow
 def test_a_dead_worker_ends_the_other_with_one_error_line(tmp_path, tiny_data):
+    pytest.importorskip("jax")
     port = _free_port()
     procs = {f"p{i}": _start(tmp_path, tiny_data, tmp_path / f"out{i}", f"p{i}", _env(tmp_path, port, i),
                              "multiworker") for i in (0, 1)}

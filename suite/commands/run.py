@@ -159,7 +159,9 @@ def run(
     prepared = prepare(flags, progress=progress, log=log)
     if not is_lead_process():
         with tempfile.TemporaryDirectory(prefix="suite-worker-") as scratch:
-            execute(prepared, Path(scratch), log=log, raise_errors=raise_errors)
+            run_dir = Path(scratch) / prepared.spec.name  # its parent gets the folder's index, removed too
+            run_dir.mkdir()
+            execute(prepared, run_dir, log=log, raise_errors=raise_errors)
         log(f"process {cluster().process_id} of {cluster().processes} done; process 0 keeps the run folder")
         return None
     run_dir = runs.new_run_dir(prepared.config.out, prepared.spec.name)
