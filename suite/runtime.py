@@ -123,7 +123,8 @@ def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *
     descriptor 2 is read while the backend loads and every other line is passed on.
     """
     check_backend_installed()
-    join_cluster_if_asked(strategy)  # unfiltered: a cluster that does not form says so on the terminal
+    if os.environ.get("KERAS_BACKEND") or "keras" in sys.modules:  # known without loading TensorFlow here
+        join_cluster_if_asked(strategy)  # unfiltered: a cluster that does not form says so on the terminal
     filtered = quiet and "keras" not in sys.modules
     with _startup_chatter_filtered() if filtered else contextlib.nullcontext():
         settings = configure_process(cpu_devices, strategy)
@@ -653,6 +654,10 @@ def distribution_scope(dist: Distribution) -> Iterator[Distribution]:
         keras.distribution.set_distribution(previous)
 
 
+# How the backend's error reads when a collective's peer is gone (gloo over TCP on CPUs).
+_PEER_GONE = re.compile(r"gloo|connection (reset|closed|refused)|broken pipe|peer", re.IGNORECASE)
+
+
 @contextlib.contextmanager
 def cluster_guard(dist: Distribution) -> Iterator[None]:
     """Turn the backend's error from a collective whose peer is gone into one clear :class:`ClusterError`."""
@@ -665,8 +670,10 @@ def cluster_guard(dist: Distribution) -> Iterator[None]:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if not _PEER_GONE.search(first):
+            raise
         raise ClusterError(f"process {dist.process_id} of {dist.processes} stopped: another process of the cluster "
-                          f"failed or left ({first})") from exc
+                           f"failed or left ({first})") from exc
 
 
 # ----------------------------------------------------------------------------------
