@@ -427,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("SUITE_DEBUG"))
     status = _run(args, debug=debug, quiet_backend=not chatter_wanted)
-    if "suite.runtime" in sys.modules:  # a multi-worker run: wait for the others, or leave at once on failure
-        sys.modules["suite.runtime"].leave_cluster(status)
+    if "suite.cluster" in sys.modules:  # a multi-worker run: wait for the others, or leave at once on failure
+        sys.modules["suite.cluster"].leave(status)
     return status
 
 

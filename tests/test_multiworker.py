@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from suite.cluster import cluster_from_env
 from suite.errors import SuiteError
-from suite.runtime import Distribution, cluster_from_env
+from suite.runtime import Distribution
 
 ROOT = Path(__file__).resolve().parents[1]
 # One step per epoch: the global batch (64) holds every training image of the tiny data (36), so

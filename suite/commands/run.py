@@ -19,6 +19,7 @@ import numpy as np
 from backbones import BackboneSpec, get_spec
 from reports import finish
 from suite import runs
+from suite.cluster import if_cluster_lost, is_lead_process, joined
 from suite.commands import log as _log
 from suite.commands import run_flags, training_output
 from suite.config import RunConfig, resolve_config
@@ -27,7 +28,7 @@ from suite.data.discover import discover
 from suite.errors import DiskFull, stop_reason
 from suite.io import write_csv_atomic, write_json_atomic
 from suite.model import check_image_size
-from suite.runtime import cluster, configure_process, if_cluster_lost, is_lead_process, split_batch
+from suite.runtime import configure_process, split_batch
 from suite.weights import WeightsChoice, resolve_weights
 
 
@@ -64,8 +65,8 @@ def prepare(
     runs.check_out_outside(config.out, index.root)
     check_image_size(spec, config.image_size)  # before any data work: a backbone's minimum input size
     configure_process(config.cpu_devices, config.strategy)  # before anything starts the backend; may refuse
-    if cluster() is not None:
-        split_batch(config.batch_size, cluster().processes)  # refuse an uneven global batch before any work
+    if joined() is not None:
+        split_batch(config.batch_size, joined().processes)  # refuse an uneven global batch before any work
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
         log(f"warning: {weights.warning}")
@@ -162,7 +163,7 @@ def run(
             run_dir = Path(scratch) / prepared.spec.name  # its parent gets the folder's index, removed too
             run_dir.mkdir()
             execute(prepared, run_dir, log=log, raise_errors=raise_errors)
-        log(f"process {cluster().process_id} of {cluster().processes} done; process 0 keeps the run folder")
+        log(f"process {joined().process_id} of {joined().processes} done; process 0 keeps the run folder")
         return None
     run_dir = runs.new_run_dir(prepared.config.out, prepared.spec.name)
     return execute(prepared, run_dir, log=log, raise_errors=raise_errors)
@@ -270,8 +271,9 @@ def _train(spec, config, data, weights, run_dir, manifest, log) -> None:
     """Build and fit under the run's distribution strategy; the best epoch ends in ``model.keras``."""
     import keras
 
+    from suite.cluster import cluster_guard
     from suite.model import build_model
-    from suite.runtime import COMPILE_MONITOR, cluster_guard, distribution_scope, make_distribution
+    from suite.runtime import COMPILE_MONITOR, distribution_scope, make_distribution
     from suite.train import BestCheckpoint, fit, make_callbacks
 
     dist = make_distribution(config.strategy)
