@@ -78,7 +78,7 @@ def _int_var(environ, name: str, minimum: int) -> int:
 # JAX's end it with a page of C++ log.
 _JAX_GRACE_S = 30
 _EXIT_WAIT_S = 24 * 3600
-_JOINED: list = []  # (Cluster, ClusterWatch) once this process joined
+_JOINED: list = []  # (Cluster, ClusterWatch or None) once this process joined
 EXIT_CLUSTER = 2  # the CLI's status for an error the user can act on
 
 
@@ -108,7 +108,9 @@ def join(cluster: Cluster) -> dict:
             raise ClusterError(f"{message}: {first}") from None
     from jax._src import distributed  # the client: JAX has no public handle on it
 
-    _JOINED.append((cluster, ClusterWatch(cluster, distributed.global_state.client).start()))
+    client = getattr(getattr(distributed, "global_state", None), "client", None)
+    # Without the client (a JAX that moved it), JAX's own heartbeat still ends a wait for a dead process.
+    _JOINED.append((cluster, ClusterWatch(cluster, client).start() if client is not None else None))
     return cluster.describe()
 
 
@@ -236,7 +238,8 @@ def leave(status: int) -> None:
     import jax
 
     jax.distributed.shutdown()
-    _JOINED[0][1].stop()
+    if _JOINED[0][1] is not None:
+        _JOINED[0][1].stop()
 
 
 # How the backend's error reads when a collective's peer is gone (gloo over TCP on CPUs).
