@@ -464,9 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     debug = args.debug or bool(os.environ.get("SUITE_DEBUG"))
+    status = _run(args, debug=debug, quiet_backend=not chatter_wanted)
+    if "suite.cluster" in sys.modules:  # a multi-worker run: wait for the others, or leave at once on failure
+        sys.modules["suite.cluster"].leave(status)
+    return status
+
+
+def _run(args: argparse.Namespace, *, debug: bool, quiet_backend: bool) -> int:
     with _sigterm_raises():
         try:
-            return _dispatch(args, quiet_backend=not chatter_wanted)
+            return _dispatch(args, quiet_backend=quiet_backend)
         except (SuiteError, OSError) as exc:
             if debug:
                 raise

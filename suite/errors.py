@@ -21,6 +21,10 @@ class DiskFull(SuiteError):
     """A file could not be written for want of space; what was half-written is removed."""
 
 
+class ClusterError(SuiteError):
+    """A multi-worker run cannot go on: a process did not join, or failed or left mid-run."""
+
+
 class Terminated(BaseException):
     """The process was asked to stop by a signal (SIGTERM from a scheduler or ``timeout``).
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from suite.cluster import joined
 from suite.config import STRATEGY_CHOICES as STRATEGIES
 from suite.errors import SuiteError
 
@@ -117,6 +118,8 @@ def start_backend(cpu_devices: int | None = None, strategy: str | None = None, *
     descriptor 2 is read while the backend loads and every other line is passed on.
     """
     check_backend_installed()
+    if os.environ.get("KERAS_BACKEND") or "keras" in sys.modules:  # known without loading TensorFlow here
+        join_cluster_if_asked(strategy)  # unfiltered: a cluster that does not form says so on the terminal
     filtered = quiet and "keras" not in sys.modules
     with _startup_chatter_filtered() if filtered else contextlib.nullcontext():
         settings = configure_process(cpu_devices, strategy)
@@ -160,15 +163,16 @@ def configure_process(cpu_devices: int | None = None, strategy: str | None = Non
       machines, where two concurrent ops only fight over the same cores.
     * JAX: a persistent compilation cache in the suite's cache folder, so a second
       identical run loads its compiled programs instead of recompiling them.
+    * JAX with ``strategy`` resolving to ``multiworker``: join the cluster the environment
+      describes (:func:`suite.cluster.join`); the settings then hold ``cluster``.
 
     ``strategy`` is only checked here (:func:`resolve_strategy`), so that a strategy that
     cannot run stops the command before it makes anything.
 
     Returns what was set (idempotent: a second call returns the first call's settings).
     """
-    if strategy is not None:  # refuse what cannot run before anything starts
-        resolve_strategy(strategy, os.environ.get("KERAS_BACKEND") or _keras_backend(), 1)
-    if _CONFIGURED:
+    join_cluster_if_asked(strategy)  # refuses what cannot run before anything starts
+    if _CONFIGURED.keys() - {"cluster"}:
         if cpu_devices and cpu_devices != (_CONFIGURED["cpu_devices"] or 1):
             raise SuiteError(f"this process already runs with {_CONFIGURED['cpu_devices'] or 1} CPU device(s); "
                              f"--cpu-devices {cpu_devices} must be given before the backend starts "
@@ -183,7 +187,7 @@ def configure_process(cpu_devices: int | None = None, strategy: str | None = Non
     elif cpu_devices and cpu_devices > 1:
         raise SuiteError(f"--cpu-devices needs the tensorflow or jax backend, not {backend}")
     _CONFIGURED.update(settings)
-    return dict(settings)
+    return dict(_CONFIGURED)
 
 
 def _keras_backend() -> str:
@@ -212,6 +216,30 @@ def _configure_jax(cpu_devices: int | None) -> dict:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     COMPILE_MONITOR.install()
     return {"jax_compilation_cache": str(folder)}
+
+
+def join_cluster_if_asked(strategy: str | None) -> None:
+    """Check ``strategy`` against the backend; join the cluster once if it resolves to ``multiworker``."""
+    if strategy is None:
+        return
+    if resolve_strategy(strategy, os.environ.get("KERAS_BACKEND") or _keras_backend(), 1) != "multiworker":
+        return
+    if "cluster" not in _CONFIGURED:
+        from suite.cluster import cluster_from_env, join
+
+        _CONFIGURED["cluster"] = join(cluster_from_env())  # before JAX's first operation
+
+
+def refuse_multiworker(strategy: str | None, command: str) -> None:
+    """Stop ``command`` before it starts if it would train across processes.
+
+    Only ``suite run`` (one seed) knows that process 0 alone keeps the folder; comparisons,
+    cross-validation, tuning and benchmarks would write one on every process.
+    """
+    backend = os.environ.get("KERAS_BACKEND") or _keras_backend()
+    if joined() is not None or resolve_strategy(strategy or "auto", backend, 1) == "multiworker":
+        raise SuiteError(f"{command} does not run multi-worker; train across processes with `suite run` "
+                         "(one --seeds), or unset JAX_COORDINATOR_ADDRESS and pick another --strategy")
 
 
 def _configure_tensorflow(cpu_devices: int | None) -> dict:
@@ -253,8 +281,10 @@ class Distribution:
     Attributes:
         name: ``none``, ``mirrored`` or ``multiworker`` (``auto`` resolved).
         replicas: model copies each global batch is split across.
-        devices: the devices they run on.
+        devices: the devices they run on (every process's, for ``multiworker``).
         engine: what does the work (``tf.distribute.MirroredStrategy``, ...).
+        processes: processes training together (``multiworker``: the cluster's size, else 1).
+        process_id: this process's number among them.
     """
 
     name: str
@@ -262,10 +292,37 @@ class Distribution:
     devices: tuple[str, ...]
     engine: str
     strategy: object = dataclasses.field(default=None, repr=False, compare=False)
+    processes: int = 1
+    process_id: int = 0
 
     def describe(self) -> dict:
         return {"strategy": self.name, "replicas": self.replicas, "devices": list(self.devices),
-                "engine": self.engine}
+                "engine": self.engine, "processes": self.processes}
+
+    def local_batch(self, global_batch: int) -> int:
+        """This process's share of a global batch (:func:`split_batch`)."""
+        return split_batch(global_batch, self.processes)
+
+    def share(self, x, y):
+        """This process's part of the training arrays: every ``processes``-th image from ``process_id``.
+
+        Every share has the same length (``len(y) // processes``; up to ``processes - 1``
+        images are left out) so that all processes take the same number of steps, each of
+        which needs all of them.
+        """
+        if self.processes == 1:
+            return x, y
+        n = len(y) // self.processes
+        rows = slice(self.process_id, self.process_id + n * self.processes, self.processes)
+        return x[rows], y[rows]
+
+
+def split_batch(global_batch: int, processes: int) -> int:
+    """Each process's share of a global batch; refuses a batch the processes cannot split evenly."""
+    if global_batch % processes:
+        raise SuiteError(f"--batch-size {global_batch} does not split evenly over {processes} processes; "
+                         f"use a multiple of {processes}")
+    return global_batch // processes
 
 
 def local_devices(backend: str) -> tuple[list[str], str]:
@@ -341,12 +398,16 @@ def _jax_distribution(name: str) -> Distribution:
     import jax
     import keras
 
-    if name == "multiworker":
-        keras.distribution.initialize()  # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
-    devices = [d for d in jax.devices() if d.platform != "cpu"] or jax.devices("cpu")
-    strategy = keras.distribution.DataParallel(devices=devices)
+    cluster = joined()
+    if name == "multiworker" and cluster is None:
+        raise SuiteError("--strategy multiworker must be chosen before the backend starts (on the command line)")
+    devices = [d for d in jax.devices() if d.platform != "cpu"] or jax.devices("cpu")  # every process's
+    # Multi-worker: each process passes its own share of every global batch (Distribution.share),
+    # so Keras must not shard the data again.
+    strategy = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=cluster is None)
     return Distribution(name, len(devices), tuple(str(d) for d in devices),
-                        "keras.distribution.DataParallel", strategy)
+                        "keras.distribution.DataParallel", strategy,
+                        processes=cluster.processes if cluster else 1, process_id=cluster.process_id if cluster else 0)
 
 
 @contextlib.contextmanager

@@ -251,7 +251,8 @@ def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[y]
 
 
-def fit(model, config: RunConfig, train, val, callbacks, *, verbose: int | str = "auto"):
+def fit(model, config: RunConfig, train, val, callbacks, *, verbose: int | str = "auto",
+        batch_size: int | None = None):
     """Train on in-memory arrays, the way a bare ``model.fit`` would (no slower).
 
     Args:
@@ -260,6 +261,8 @@ def fit(model, config: RunConfig, train, val, callbacks, *, verbose: int | str =
         train: ``(x, y)`` uint8 images and integer labels.
         val: the same for validation.
         callbacks: from :func:`make_callbacks`.
+        batch_size: the batch this process feeds (default: ``config.batch_size``; in a
+            multi-worker run, its share of the global batch).
 
     Returns:
         The Keras ``History``.
@@ -270,7 +273,7 @@ def fit(model, config: RunConfig, train, val, callbacks, *, verbose: int | str =
         return model.fit(
             x_train,
             one_hot(y_train, n_classes),
-            batch_size=config.batch_size,
+            batch_size=batch_size or config.batch_size,
             epochs=config.epochs,
             validation_data=(x_val, one_hot(y_val, n_classes)),
             callbacks=callbacks,

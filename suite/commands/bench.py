@@ -184,7 +184,9 @@ def main(args) -> int:
 
     from suite.commands import log, run_flags, training_output
     from suite.errors import SuiteError
+    from suite.runtime import refuse_multiworker
 
+    refuse_multiworker(args.strategy, "suite bench")
     try:
         settings = BenchSettings(steps=args.steps, epochs=args.epochs, rounds=args.rounds)
     except ValueError as exc:

@@ -336,7 +336,9 @@ def _gradcam_sample(folder: Path, done, paths, log) -> dict | None:
 
 def main(args) -> int:
     from backbones import expand_backbones
+    from suite.runtime import refuse_multiworker
 
+    refuse_multiworker(args.strategy, "suite compare")
     flags = run_flags(args)
     flags.pop("backbone")
     with training_output():

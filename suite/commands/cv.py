@@ -275,6 +275,9 @@ def latest_unfinished(out: Path, backbone: str) -> Path | None:
 
 
 def main(args) -> int:
+    from suite.runtime import refuse_multiworker
+
+    refuse_multiworker(args.strategy, "suite cv")
     resume = resume_folder(args, latest_unfinished, "unfinished cross-validation")
     with training_output():
         folder = cross_validate(run_flags(args), args.folds, resume=resume, progress=not args.quiet, log=log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from backbones import BackboneSpec, get_spec
 from reports import finish
 from suite import runs
+from suite.cluster import if_cluster_lost, is_lead_process, joined
 from suite.commands import log as _log
 from suite.commands import run_flags, track_result, training_output
 from suite.config import RunConfig, resolve_config
@@ -26,7 +28,7 @@ from suite.data.discover import discover
 from suite.errors import DiskFull, stop_reason
 from suite.io import write_csv_atomic, write_json_atomic
 from suite.model import check_image_size
-from suite.runtime import configure_process
+from suite.runtime import configure_process, split_batch
 from suite.weights import WeightsChoice, resolve_weights
 
 
@@ -63,6 +65,8 @@ def prepare(
     runs.check_out_outside(config.out, index.root)
     check_image_size(spec, config.image_size)  # before any data work: a backbone's minimum input size
     configure_process(config.cpu_devices, config.strategy)  # before anything starts the backend; may refuse
+    if joined() is not None:
+        split_batch(config.batch_size, joined().processes)  # refuse an uneven global batch before any work
     weights = resolve_weights(spec, config.weights, config.image_size)
     if weights.warning:
         log(f"warning: {weights.warning}")
@@ -104,9 +108,14 @@ def execute(
     spec, config, weights, data = prepared.spec, prepared.config, prepared.weights, prepared.data
     manifest = initial_manifest(run_dir, config, data, weights)
     runs.write_manifest(run_dir, manifest)
+
+    def lost(message: str) -> None:  # the process ends at once: record why first
+        runs.write_manifest(run_dir, {**manifest, "status": "failed", "error": message, "finished": runs.now_iso()})
+
     try:
-        _write_training_hashes(data, run_dir, log)
-        _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
+        with if_cluster_lost(lost):
+            _write_training_hashes(data, run_dir, log)
+            _train_and_evaluate(spec, config, data, weights, run_dir, manifest, log)
     except DiskFull as exc:  # the next backbone or fold would meet the same full disk: stop
         manifest.update(status="failed", error=stop_reason(exc))
         raise
@@ -139,13 +148,23 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = _log,
     raise_errors: bool = True,
-) -> Path:
+) -> Path | None:
     """Train and evaluate one backbone; return the finished run folder ``<out>/<timestamp>-<backbone>``.
 
     Bad data or unavailable weights raise ``SuiteError`` before any run folder is made.
     See :func:`prepare` and :func:`execute` for the arguments.
+
+    In a multi-worker run every process trains and evaluates the same way, and only process 0
+    keeps a run folder: the others work in a temporary folder, removed at the end, and return ``None``.
     """
     prepared = prepare(flags, progress=progress, log=log)
+    if not is_lead_process():
+        with tempfile.TemporaryDirectory(prefix="suite-worker-") as scratch:
+            run_dir = Path(scratch) / prepared.spec.name  # its parent gets the folder's index, removed too
+            run_dir.mkdir()
+            execute(prepared, run_dir, log=log, raise_errors=raise_errors)
+        log(f"process {joined().process_id} of {joined().processes} done; process 0 keeps the run folder")
+        return None
     run_dir = runs.new_run_dir(prepared.config.out, prepared.spec.name)
     return execute(prepared, run_dir, log=log, raise_errors=raise_errors)
 
@@ -252,13 +271,14 @@ def _train(spec, config, data, weights, run_dir, manifest, log) -> None:
     """Build and fit under the run's distribution strategy; the best epoch ends in ``model.keras``."""
     import keras
 
+    from suite.cluster import cluster_guard
     from suite.model import build_model
     from suite.runtime import COMPILE_MONITOR, distribution_scope, make_distribution
     from suite.train import BestCheckpoint, fit, make_callbacks
 
     dist = make_distribution(config.strategy)
     manifest.update(strategy=dist.name, replicas=dist.replicas, distribution=dist.describe())
-    with distribution_scope(dist):
+    with cluster_guard(dist), distribution_scope(dist):
         keras.utils.set_random_seed(config.training_seed)
         model = build_model(spec, config, len(data.labels), weights.argument)
         manifest["params"] = int(model.count_params())
@@ -267,10 +287,13 @@ def _train(spec, config, data, weights, run_dir, manifest, log) -> None:
         train, val = data.arrays("train"), data.arrays("val")
         log(f"training {spec.name} at {config.image_size}px on {len(train[1])} images "
             f"({len(val[1])} validation) for {config.epochs} epochs"
-            + (f", {dist.name} over {dist.replicas} replicas" if dist.replicas > 1 else ""))
+            + (f", {dist.name} over {dist.replicas} replicas" if dist.replicas > 1 else "")
+            + (f" in {dist.processes} processes" if dist.processes > 1 else ""))
         COMPILE_MONITOR.reset()
         start = time.perf_counter()
-        history = fit(model, config, train, val, callbacks, verbose=1 if sys.stderr.isatty() else 2)
+        # Each process trains on its share of every global batch and validates on the whole split.
+        history = fit(model, config, dist.share(*train), val, callbacks, verbose=1 if sys.stderr.isatty() else 2,
+                      batch_size=dist.local_batch(config.batch_size))
     seconds = time.perf_counter() - start
     manifest["timings"]["train_s"] = round(seconds, 3)
     manifest["epochs_run"] = len(history.epoch)
@@ -311,6 +334,9 @@ def _write_training_hashes(data: PreparedData, run_dir: Path, log) -> None:
 def main(args) -> int:
     if args.seeds > 1:  # one backbone under several seeds: a comparison of its replicates
         from suite.commands.compare import compare, exit_status
+        from suite.runtime import refuse_multiworker
+
+        refuse_multiworker(args.strategy, "suite run --seeds")
 
         flags = run_flags(args)
         backbone = get_spec(flags.pop("backbone") or RunConfig.backbone).name
@@ -321,6 +347,7 @@ def main(args) -> int:
         return exit_status(folder)
     with training_output():
         run_dir = run(run_flags(args), progress=not args.quiet)
-    print(run_dir)
-    track_result(args, run_dir)
+    if run_dir is not None:  # None: a process of a multi-worker run other than process 0
+        print(run_dir)
+        track_result(args, run_dir)
     return 0

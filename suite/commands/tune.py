@@ -328,6 +328,9 @@ def _train_run(prepared, values: dict, role: str, source: str, old: dict | None,
 
 
 def main(args) -> int:
+    from suite.runtime import refuse_multiworker
+
+    refuse_multiworker(args.strategy, "suite tune")
     resume = resume_folder(args, latest_search, "tuning folder")
     settings = TuneSettings(tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
                             resume=resume, cv=args.cv, fast_path=args.fast_path,
