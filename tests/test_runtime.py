@@ -217,3 +217,18 @@ def test_bench_refuses_a_run_without_timed_epochs(capsys):
         main(["bench", "--backbone", "mobilenetv2", "--epochs", "1"])
     assert exit_.value.code == 2
     assert "warm-up" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_tensorflow_retracing_notice_is_dropped_and_other_warnings_kept(caplog):
+    import logging
+
+    from suite.runtime import start_backend
+
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.skip("TensorFlow's logger")
+    start_backend()
+    logger = logging.getLogger("tensorflow")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        logger.warning("5 out of the last 5 calls to <function f> triggered tf.function retracing. Tracing is ...")
+        logger.warning("something a user should see")
+    assert [r.getMessage() for r in caplog.records] == ["something a user should see"]
