@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", action="append", default=[], type=_existing_dir, metavar="DIR",
                    help="also evaluate every backbone on this dataset (any layout, or only DIR/Testing/<class>/), "
                         "checking how many of its images copy training images (may repeat)")
+    p.add_argument("--robustness", action="store_true",
+                   help="also score every backbone under each MRI corruption at five severities (suite robustness) "
+                        "and add mean corruption accuracy and relative robustness to the leaderboard")
     add_run_arguments(p, [n for n in USER_FIELDS if n != "backbone"])
 
     p = command("cv", "stratified K-fold cross-validation of one backbone; prints the CV folder",

@@ -48,7 +48,7 @@ def robustness(run_dir, *, data=None, out=None, severities: Sequence[int] = SEVE
     run = runs.RunFolder(run_dir)
     if run.status != "completed":
         raise SuiteError(f"{run.path} is not a completed run (status: {run.status}): nothing to evaluate")
-    test = _external_test(run, data, progress, log) if data else _own_test(run)
+    test = external_test(run, data, progress, log) if data else own_test(run)
     runs.check_out_outside(out or run.path.parent, test["root"])
     from suite.data.decode import load_images
 
@@ -72,7 +72,7 @@ def robustness(run_dir, *, data=None, out=None, severities: Sequence[int] = SEVE
 # -- what is evaluated ----------------------------------------------------------------------------
 
 
-def _own_test(run: runs.RunFolder) -> dict:
+def own_test(run: runs.RunFolder) -> dict:
     """The run's own test images and labels, from its ``predictions.csv``."""
     path = run.path / runs.PREDICTIONS
     try:
@@ -94,7 +94,7 @@ def _own_test(run: runs.RunFolder) -> dict:
             "seen": seen_in_own_split(run.manifest)}
 
 
-def _external_test(run: runs.RunFolder, data, progress: bool, log) -> dict:
+def external_test(run: runs.RunFolder, data, progress: bool, log) -> dict:
     """``data``'s test split (else all of it), the classes the model knows, checked against the run's training set."""
     from suite.commands.evaluate import evaluation_index, select_entries
     from suite.contamination import check_evaluated
@@ -262,6 +262,6 @@ def summary_line(record: dict) -> str:
 
 
 def main(args) -> int:
-    print(robustness(args.run_dir, data=args.data, out=args.out, severities=args.severities or SEVERITIES, seed=args.seed,
-                     progress=not args.quiet))
+    print(robustness(args.run_dir, data=args.data, out=args.out, severities=args.severities or SEVERITIES,
+                     seed=args.seed, progress=not args.quiet))
     return 0
