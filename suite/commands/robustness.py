@@ -22,6 +22,7 @@ from reports import finish
 from suite import runs
 from suite.commands import log
 from suite.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from suite.data.decode import load_images
 from suite.errors import DataError, SuiteError
 from suite.io import write_bytes_atomic, write_csv_atomic, write_json_atomic
 
@@ -50,8 +51,6 @@ def robustness(run_dir, *, data=None, out=None, severities: Sequence[int] = SEVE
         raise SuiteError(f"{run.path} is not a completed run (status: {run.status}): nothing to evaluate")
     test = external_test(run, data, progress, log) if data else own_test(run)
     runs.check_out_outside(out or run.path.parent, test["root"])
-    from suite.data.decode import load_images
-
     decoded = load_images(test["paths"], run.image_size, progress=progress)
     ok = np.flatnonzero(decoded.ok)
     if not len(ok):
