@@ -1,7 +1,7 @@
 """The reporter: every folder the suite writes becomes one self-contained HTML page, and an index lists them.
 
 Each folder kind of :data:`suite.runs.FOLDER_KINDS` (run, evaluation, comparison, cv,
-tuning, audit) has one module here that runs folder -> load -> context -> render -> write
+tuning, audit, robustness) has one module here that runs folder -> load -> context -> render -> write
 with the shared pieces of :mod:`reports.toolkit`; :mod:`reports.index` lists an output
 folder. Commands end with :func:`finish`, which writes the new folder's report and the
 index beside it without ever losing the data to a report problem. Only reads folders:
@@ -46,7 +46,7 @@ def write_report(folder) -> Path:
     """Write the report of any folder the suite writes, by its kind (:func:`suite.runs.kind_of`).
 
     Args:
-        folder: a run, evaluation, comparison, cv, tuning or audit folder.
+        folder: a run, evaluation, robustness, comparison, cv, tuning or audit folder.
 
     Returns:
         The path of the written report.

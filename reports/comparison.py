@@ -947,6 +947,27 @@ def _external_cell(raw: Mapping, slug: str, links: Mapping, comp_dir: pathlib.Pa
     }
 
 
+def robustness_rows(comparison: Mapping, raw_rows: Sequence[Mapping], comp_dir: pathlib.Path) -> list[dict]:
+    """Per backbone (``compare --robustness``): test accuracy, mean corruption accuracy and relative
+    robustness, linked to its (first replicate's) robustness report; empty without ``--robustness``."""
+    if not comparison.get("robustness"):
+        return []
+    links = {str(as_dict(e).get("backbone")): as_dict(as_dict(e).get("robustness"))
+             for e in as_list(comparison.get("runs"))}
+    rows = []
+    for raw in (as_dict(r) for r in raw_rows):
+        link = links.get(str(raw.get("backbone")), {})
+        folder = link.get("folder")
+        report = comp_dir / str(folder) / runs.REPORT if folder else None
+        relative = to_float(raw.get("relative_robustness"))
+        rows.append({"backbone": str(raw.get("backbone")), "accuracy": fmt3(raw.get("accuracy")),
+                     "mean_corruption_accuracy": fmt3(raw.get("mean_corruption_accuracy")),
+                     "relative_robustness": DASH if relative is None else f"{relative:.3f}",
+                     "href": href(pathlib.Path(str(folder)) / runs.REPORT) if report and report.is_file() else None,
+                     "error": link.get("error")})
+    return rows
+
+
 def comparison_context(comp: dict) -> dict:
     """Build the flat template context for one comparison.
 
@@ -986,6 +1007,7 @@ def comparison_context(comp: dict) -> dict:
         "gradcam": gradcam_grid(comp.get("gradcam"), labels, comp_dir),
         "run_links": _run_links(entries, links, colours, comp_dir, seeds),
         "externals": external_matrix(comparison, comp.get("leaderboard") or [], comp_dir),
+        "robustness": robustness_rows(comparison, comp.get("leaderboard") or [], comp_dir),
     })
     context.update(_seed_context(comparison, n_seeds, seeds, rows, colours, comp_dir, problems))
     context.update(_figures(_members(rows, members, colours), rows, labels, problems))

@@ -174,6 +174,19 @@ def tuning_entry(folder) -> dict:
                 status=str(tuning.get("status") or "unknown"))
 
 
+def robustness_entry(folder) -> dict:
+    """The index row of a robustness folder: mean corruption accuracy, with clean accuracy and the worst corruption."""
+    folder = pathlib.Path(folder)
+    record = _record(folder / runs.ROBUSTNESS)
+    clean, worst = as_dict(record.get("clean")), as_dict(record.get("worst"))
+    relative = to_float(record.get("relative_robustness"))
+    detail = (f"clean {fmt3(clean.get('accuracy'))}, relative robustness "
+              f"{DASH if relative is None else f'{relative:.3f}'}, worst: {worst.get('corruption') or DASH}")
+    return _row(folder, "robustness", record.get("created"), record.get("dataset"),
+                backbones=fmt_value(record.get("backbone")), headline_name="mean corruption accuracy",
+                headline=fmt3(record.get("mean_corruption_accuracy")), detail=detail, status="completed")
+
+
 def audit_entry(folder) -> dict:
     """The index row of a dataset audit: test images with a training twin, images, duplicates, conflicts."""
     folder = pathlib.Path(folder)

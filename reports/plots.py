@@ -695,3 +695,57 @@ def gradcam_overlay_png(path, heat, size: int = 112, alpha: float = 0.45, cmap: 
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------
+# Robustness: accuracy against severity, and the corrupted images themselves
+# ----------------------------------------------------------------------------------
+
+
+def robustness_curves_png(panels: Sequence[Mapping]) -> bytes:
+    """One small panel per corruption: accuracy (solid) and macro-F1 (dashed) against severity, clean at 0.
+
+    Args:
+        panels: ``{"name", "severities", "accuracy", "macro_f1"}`` each, severity 0 (clean) first;
+            values may be ``None``.
+
+    Raises:
+        NothingToPlot: no panel has a plottable accuracy.
+    """
+    panels = [p for p in panels if any(_finite(v) is not None for v in p.get("accuracy") or [])]
+    if not panels:
+        raise NothingToPlot("no robustness figures")
+    cols = min(3, len(panels))
+    fig = _new_figure(3.3 * cols, 2.5 * math.ceil(len(panels) / cols))
+    for ax, panel in zip(_panel_grid(fig, len(panels), max_cols=cols), panels):
+        for key, style, colour in (("accuracy", "-", _TRAIN_COLOUR), ("macro_f1", "--", _VAL_COLOUR)):
+            points = [(s, _finite(v)) for s, v in zip(panel["severities"], panel.get(key) or [])]
+            points = [(s, v) for s, v in points if v is not None]
+            if points:
+                ax.plot(*zip(*points), style, color=colour, marker="o", markersize=3, linewidth=1.5,
+                        label=key.replace("_", "-"))
+        ax.set_title(_plain(panel["name"]), fontsize=10)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("severity (0: clean)", fontsize=8)
+        ax.grid(True, color=_GRID, linewidth=0.8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.axes[0].legend(frameon=False, fontsize=7, loc="lower left")
+    return _figure_png(fig, dpi=90)
+
+
+def image_png(array, size: int = 96) -> bytes:
+    """A ``uint8`` HxWxC (or HxW) array as PNG bytes, scaled up with nearest neighbours to at least ``size``
+    px so that single pixels (noise, blocks, ghosts) stay visible rather than smoothed away."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.asarray(array, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    image = Image.fromarray(array)
+    factor = max(1, math.ceil(size / max(image.size)))
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

@@ -137,6 +137,18 @@ def _port(value: str) -> int:
     return port
 
 
+def _severities(value: str) -> tuple[int, ...]:
+    from suite.corruptions import SEVERITIES
+
+    try:
+        chosen = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected severities such as 1,3,5, got {value!r}") from None
+    if not chosen or not set(chosen) <= set(SEVERITIES):
+        raise argparse.ArgumentTypeError(f"expected severities from {SEVERITIES[0]} to {SEVERITIES[-1]}, got {value!r}")
+    return tuple(chosen)
+
+
 def _weights(value: str) -> str:
     if value in ("auto", "imagenet", "none"):
         return value
@@ -323,6 +335,17 @@ infer_ips, infer_ms_per_image, device and backend, with warm-up and compile time
 """
 
 
+ROBUSTNESS_DESCRIPTION = """\
+Score a finished run's model on its own test split (or --data DIR's) under MRI corruptions at
+five severities each: bias_field, rician_noise, gaussian_blur, motion_ghosting, gamma, jpeg,
+resolution, rotation, translation (suite/corruptions.py holds each severity's parameter). The
+decoded images are corrupted in memory, seeded; no file is changed. Writes a robustness folder:
+robustness.json/.csv (accuracy and macro-F1 per corruption x severity, clean accuracy, mean
+corruption accuracy, relative robustness = mean corruption accuracy / clean accuracy) and a
+report with a curve per corruption and one test image at every severity.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from suite.commands.bench import BENCH_FLAGS
     from suite.trials import OBJECTIVES, TUNER_NAMES
@@ -354,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", action="append", default=[], type=_existing_dir, metavar="DIR",
                    help="also evaluate every backbone on this dataset (any layout, or only DIR/Testing/<class>/), "
                         "checking how many of its images copy training images (may repeat)")
+    p.add_argument("--robustness", action="store_true",
+                   help="also score every backbone under each MRI corruption at five severities (suite robustness) "
+                        "and add mean corruption accuracy and relative robustness to the leaderboard")
     add_run_arguments(p, [n for n in USER_FIELDS if n != "backbone"])
 
     p = command("cv", "stratified K-fold cross-validation of one backbone; prints the CV folder",
@@ -396,6 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
     p.add_argument("--split", choices=("auto", "all", "train", "val", "test"), default="auto",
                    help="which part to score (default: the test split if there is one, else all)")
+
+    p = command("robustness", "accuracy of a finished run's model under MRI corruptions at five severities; "
+                "prints the robustness folder", parents=[quiet, _parent(_out("beside the run"))],
+                description=ROBUSTNESS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
+    p.add_argument("--data", type=_existing_dir, default=None, metavar="DIR",
+                   help="evaluate this dataset's test split (else all of it) instead of the run's own test split; "
+                        "its images are checked for copies of the run's training images")
+    p.add_argument("--severities", type=_severities, default=None, metavar="S,S,...",
+                   help="severities to evaluate, from 1 to 5, comma-separated (default: 1,2,3,4,5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruptions' random draws (default: 0)")
 
     p = command("predict", "predict the class of image files with a finished run's model")
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
@@ -446,12 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("report", "re-render the report of any result folder from its files, without retraining")
     p.add_argument("paths", nargs="+", type=_existing_dir,
-                   help="run, evaluation, comparison, cv, tuning or audit folders")
+                   help="run, evaluation, robustness, comparison, cv, tuning or audit folders")
     return parser
 
 
 # Commands that start a Keras backend.
-BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "predict", "serve")
+BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "robustness", "predict", "serve")
 
 
 # Exit statuses: 2 for an error the user can fix, 128 + the signal's number when stopped by one.

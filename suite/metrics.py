@@ -190,16 +190,29 @@ def external_figures(slug: str, evaluation: Mapping, internal_accuracy: float | 
     return dict(zip(external_columns(slug), values))
 
 
-def leaderboard_columns(labels: Sequence[str], *, seeds: bool = False, externals: Sequence[str] = ()) -> list[str]:
+# With ``compare --robustness``: the mean accuracy over every corruption x severity of ``suite robustness``,
+# and that over the clean test accuracy.
+ROBUSTNESS_COLUMNS = ("mean_corruption_accuracy", "relative_robustness")
+
+
+def robustness_figures(record: Mapping) -> dict:
+    """A run's :data:`ROBUSTNESS_COLUMNS` cells from its robustness folder's record (``{}``: all ``None``)."""
+    return {column: record.get(column) for column in ROBUSTNESS_COLUMNS}
+
+
+def leaderboard_columns(labels: Sequence[str], *, seeds: bool = False, externals: Sequence[str] = (),
+                        robustness: bool = False) -> list[str]:
     """The leaderboard's columns for these class labels, in order (``seeds``: with the spread across
-    seeds; ``externals``: the slugs of external datasets, each with :data:`EXTERNAL_FIGURES`)."""
+    seeds; ``externals``: the slugs of external datasets, each with :data:`EXTERNAL_FIGURES`;
+    ``robustness``: with :data:`ROBUSTNESS_COLUMNS`)."""
     per_class = [f"{stat}_{label}" for label in labels for stat in PER_CLASS_COLUMNS]
     external = [column for slug in externals for column in external_columns(slug)]
-    return [*LEADERBOARD_HEAD, *(SEED_COLUMNS if seeds else ()), *per_class, *external, *LEADERBOARD_TAIL]
+    return [*LEADERBOARD_HEAD, *(SEED_COLUMNS if seeds else ()), *per_class, *external,
+            *(ROBUSTNESS_COLUMNS if robustness else ()), *LEADERBOARD_TAIL]
 
 
 def seed_summary_row(replicates: Sequence[Mapping], *, labels: Sequence[str], externals: Sequence[str] = (),
-                     **given) -> dict:
+                     robustness: bool = False, **given) -> dict:
     """A backbone's leaderboard row over its seeds: each figure's mean over the replicates' rows.
 
     ``*_ci_low`` / ``*_ci_high`` are then the mean of the replicates' own intervals (the test-set
@@ -210,10 +223,11 @@ def seed_summary_row(replicates: Sequence[Mapping], *, labels: Sequence[str], ex
     Args:
         replicates: leaderboard rows (:func:`leaderboard_row`) of the completed replicates.
         labels: the class labels of the per-class columns.
+        externals, robustness: as for :func:`leaderboard_columns`.
         **given: values of other columns (``backbone``, ``status``, ``tier``, ``error``).
     """
     row = {}
-    for column in leaderboard_columns(labels, seeds=True, externals=externals):
+    for column in leaderboard_columns(labels, seeds=True, externals=externals, robustness=robustness):
         values = [r[column] for r in replicates if is_number(r.get(column))]
         if column in ("params", "image_size"):  # the same for every replicate
             row[column] = values[0] if values else None

@@ -11,6 +11,7 @@ Folder kinds (``FOLDER_KINDS``, most specific first):
     cv          cv.json, fold-K/ run folders (each with official_test_metrics.json), report.html
     tuning      search.json, tuning.json, keras_tuner/, tensorboard/, retrained run folders, report.html
     audit       audit.json, audit.html
+    robustness  robustness.json, robustness.csv, robustness_examples.npz, report.html
     evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, contamination.csv,
                 report.html
     run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, training_hashes.npz,
@@ -61,6 +62,9 @@ AUDIT_REPORT = "audit.html"
 TRAINING_HASHES = "training_hashes.npz"  # what a run trained on, for contamination checks (suite.contamination)
 CALIBRATION = "calibration.json"  # temperature and conformal thresholds fitted on val (suite.calibration)
 CONTAMINATION = "contamination.csv"  # an evaluation's images that are copies of the run's training images
+ROBUSTNESS = "robustness.json"  # a run's accuracy under each corruption x severity (suite robustness)
+ROBUSTNESS_CSV = "robustness.csv"
+ROBUSTNESS_EXAMPLES = "robustness_examples.npz"  # one test image at every severity of every corruption
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"  # a tuning folder's TensorBoard event files: one folder per trial (HParams)
 TENSORBOARD_EVENTS = "events.out.tfevents.suite"  # one per trial, rewritten when a trial reruns
@@ -308,6 +312,8 @@ for _kind in (
     FolderKind("tuning", SEARCH, "reports.tuning:write_tuning_report", "reports.index:tuning_entry"),
     FolderKind("audit", AUDIT, "reports.audit:write_audit_report", "reports.index:audit_entry",
                report_file=AUDIT_REPORT),
+    FolderKind("robustness", ROBUSTNESS, "reports.robustness:write_robustness_report",
+               "reports.index:robustness_entry"),
     FolderKind("evaluation", MANIFEST, "reports.run:write_run_report", "reports.index:run_entry",
                manifest_kind="evaluation"),
     FolderKind("run", MANIFEST, "reports.run:write_run_report", "reports.index:run_entry"),

@@ -419,7 +419,7 @@ def test_write_report_dispatches(fresh, kind, title):
                          ids=["empty-folder", "missing", "file"])
 def test_write_report_rejects_other_paths(tmp_path, make):
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(ValueError, match="known kinds: comparison, cv, tuning, audit, evaluation, run"):
+    with pytest.raises(ValueError, match="known kinds: comparison, cv, tuning, audit, robustness, evaluation, run"):
         write_report(make(tmp_path))
 
 

@@ -50,6 +50,7 @@ def _write(folder: Path, name: str, obj) -> Path:
     (runs.CV, {"k": 2}, "cv"),
     (runs.SEARCH, {"tuner": "random"}, "tuning"),
     (runs.AUDIT, {"n_files": 1}, "audit"),
+    (runs.ROBUSTNESS, {"kind": "robustness"}, "robustness"),
 ])
 def test_folder_kinds_are_told_apart(tmp_path, marker, content, kind):
     folder = _write(tmp_path / "f", marker, content)

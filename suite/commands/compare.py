@@ -28,6 +28,7 @@ from suite.metrics import (
     leaderboard_columns,
     leaderboard_row,
     leaderboard_sort_key,
+    robustness_figures,
     seed_summary_row,
 )
 
@@ -35,7 +36,7 @@ GRADCAM_IMAGES = 8
 
 
 def compare(flags: Mapping, backbones: Sequence[str], *, seeds: int = 1, externals: Sequence[Path] = (),
-            progress: bool = True, log: Callable = print) -> Path:
+            robustness: bool = False, progress: bool = True, log: Callable = print) -> Path:
     """Run each backbone with the same flags (``seeds`` times) and write the comparison folder.
 
     Every backbone gets the configuration ``suite run`` would give it with the same flags
@@ -43,7 +44,9 @@ def compare(flags: Mapping, backbones: Sequence[str], *, seeds: int = 1, externa
     trained with ``replicate=k``: its training is seeded by seed + k while the split stays
     that of the seed. A backbone that fails is recorded with its error; the others still complete.
     Every completed run is then evaluated on every ``externals`` dataset (``suite evaluate``,
-    contamination-aware), into evaluation folders beside the runs.
+    contamination-aware), into evaluation folders beside the runs. With ``robustness``, every
+    completed run is also scored under every corruption at every severity (``suite robustness``,
+    into robustness folders beside the runs) and the leaderboard gains its headline figures.
     """
     if seeds < 1:
         raise SuiteError(f"--seeds must be at least 1, got {seeds}")
@@ -55,7 +58,9 @@ def compare(flags: Mapping, backbones: Sequence[str], *, seeds: int = 1, externa
     results = [_run_one(get_spec(name).name, flags, k, progress, log) for name in backbones for k in replicates]
     for r in _completed(results):
         r["externals"] = {e["slug"]: _evaluate(r, e, out, progress, log) for e in sets}
-    return write_comparison(out, results, seeds=seeds, externals=sets, log=log)
+        if robustness:
+            r["robustness"] = _robustness(r, out, progress, log)
+    return write_comparison(out, results, seeds=seeds, externals=sets, robustness=robustness, log=log)
 
 
 def external_sets(paths: Sequence[Path]) -> list[dict]:
@@ -89,6 +94,18 @@ def _evaluate(result: dict, external: dict, out: Path, progress: bool, log) -> d
     return {"evaluation": folder, "error": None}
 
 
+def _robustness(result: dict, out: Path, progress: bool, log) -> dict:
+    """One run under every corruption: its robustness folder, or the error."""
+    from suite.commands.robustness import robustness
+
+    try:
+        folder = robustness(result["run_dir"], out=out, progress=progress, log=log)
+    except (SuiteError, OSError) as exc:
+        log(f"error: {result['backbone']} could not be scored under corruptions: {exc}")
+        return {"folder": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"folder": folder, "error": None}
+
+
 def _run_one(name: str, flags: Mapping, replicate: int, progress: bool, log) -> dict:
     """Train one (backbone, replicate); its result record, never raising but for bad data."""
     from suite.commands.run import run
@@ -115,7 +132,7 @@ def load_predictions(run_dir: Path) -> dict[str, tuple[str, str, list[float]]]:
 
 
 def write_comparison(out: Path, results: list[dict], *, seeds: int = 1, externals: Sequence[dict] = (),
-                     log: Callable = print) -> Path:
+                     robustness: bool = False, log: Callable = print) -> Path:
     """Pairwise tests, leaderboard and Grad-CAM sample over finished runs; returns the folder.
 
     Args:
@@ -125,6 +142,8 @@ def write_comparison(out: Path, results: list[dict], *, seeds: int = 1, external
         seeds: replicates per backbone (1: a plain comparison).
         externals: the external datasets (:func:`external_sets`); each result then has
             ``externals``: ``{slug: {"evaluation": folder or None, "error"}}``.
+        robustness: each completed result has ``robustness``: ``{"folder": folder or None, "error"}``;
+            the leaderboards gain ``suite.metrics.ROBUSTNESS_COLUMNS``.
     """
     from suite.stats import p_matrix, pairwise_tests, tie_groups
 
@@ -138,15 +157,19 @@ def write_comparison(out: Path, results: list[dict], *, seeds: int = 1, external
         comparison = _record(folder, members, results, seeds, tests, tiers)
         comparison["externals"] = [{**e, "path": str(Path(e["path"]).resolve())} for e in externals]
         slugs = [e["slug"] for e in externals]
+        comparison["robustness"] = robustness
         comparison["p_matrix"] = {"names": list(correct), "values": p_matrix(list(correct), tests)}
         comparison["gradcam"] = _gradcam_sample(folder, done, paths, log)
-        rows = leaderboard(members, results, tiers, comparison["labels"], seeds, slugs)
+        rows = leaderboard(members, results, tiers, comparison["labels"], seeds, slugs, robustness)
         write_json_atomic(folder / runs.COMPARISON, comparison)
         _write_table(folder, runs.LEADERBOARD_JSON, runs.LEADERBOARD_CSV, rows,
-                     leaderboard_columns(comparison["labels"], seeds=seeds > 1, externals=slugs))
+                     leaderboard_columns(comparison["labels"], seeds=seeds > 1, externals=slugs,
+                                         robustness=robustness))
         if seeds > 1:
-            _write_table(folder, runs.SEEDS_JSON, runs.SEEDS_CSV, seed_rows(results, comparison["labels"], slugs),
-                         ["replicate", "training_seed", *leaderboard_columns(comparison["labels"], externals=slugs)])
+            _write_table(folder, runs.SEEDS_JSON, runs.SEEDS_CSV,
+                         seed_rows(results, comparison["labels"], slugs, robustness),
+                         ["replicate", "training_seed", *leaderboard_columns(comparison["labels"], externals=slugs,
+                                                                             robustness=robustness)])
     for t in tests:
         log(t["sentence"])
     finish(folder, log)
@@ -202,9 +225,11 @@ def _relative(run_dir, folder: Path) -> str | None:
 def _relative_member(member: dict, folder: Path) -> dict:
     """A member as comparison.json lists it: paths relative to the comparison folder."""
     seeds = [{"replicate": r["replicate"], "run_dir": _relative(r["run_dir"], folder), "status": r["status"],
-              "error": r["error"], **_relative_externals(r, folder)} for r in member["seeds"]]
+              "error": r["error"], **_relative_externals(r, folder), **_relative_robustness(r, folder)}
+             for r in member["seeds"]]
     entry = {"backbone": member["backbone"], "run_dir": _relative(member["run_dir"], folder),
-             "status": member["status"], "error": member["error"], **_relative_externals(member, folder)}
+             "status": member["status"], "error": member["error"], **_relative_externals(member, folder),
+             **_relative_robustness(member, folder)}
     return {**entry, "seeds": seeds} if len(seeds) > 1 else entry
 
 
@@ -214,6 +239,14 @@ def _relative_externals(result: dict, folder: Path) -> dict:
         return {}
     return {"externals": {slug: {"evaluation": _relative(e["evaluation"], folder), "error": e["error"]}
                           for slug, e in result["externals"].items()}}
+
+
+def _relative_robustness(result: dict, folder: Path) -> dict:
+    """``{"robustness": {"folder": relative folder, "error"}}``, or nothing without ``--robustness``."""
+    if not result.get("robustness"):
+        return {}
+    return {"robustness": {"folder": _relative(result["robustness"]["folder"], folder),
+                           "error": result["robustness"]["error"]}}
 
 
 def _write_table(folder: Path, json_name: str, csv_name: str, rows: list[dict], header: list[str]) -> None:
@@ -248,44 +281,50 @@ def _correctness(results: list[dict], members: list[dict]) -> tuple[dict[str, np
 
 
 def leaderboard(members: list[dict], results: list[dict], tiers, labels, seeds: int = 1,
-                externals: Sequence[str] = ()) -> list[dict]:
+                externals: Sequence[str] = (), robustness: bool = False) -> list[dict]:
     """One row per backbone, ordered by tier then accuracy; failed backbones last, with their error.
 
     With seeds, a backbone's row holds the mean over its replicates and the SD of accuracy and
     macro-F1 across them (see ``suite.metrics.seed_summary_row``); with external sets, the
-    ``ext_<slug>_*`` figures of each (means over replicates with seeds).
+    ``ext_<slug>_*`` figures of each (means over replicates with seeds); with ``robustness``, the
+    robustness figures (likewise).
     """
     rows = []
     for m in members:
         given = {"backbone": m["backbone"], "status": m["status"], "tier": tiers.get(m["backbone"]),
                  "error": m["error"]}
         if seeds > 1:
-            replicates = [_row(r, labels, externals) for r in m["seeds"] if r["status"] == "completed"]
-            rows.append(seed_summary_row(replicates, labels=labels, externals=externals, **given))
+            replicates = [_row(r, labels, externals, robustness) for r in m["seeds"] if r["status"] == "completed"]
+            rows.append(seed_summary_row(replicates, labels=labels, externals=externals, robustness=robustness,
+                                         **given))
         else:
-            row = _row(m, labels, externals) if m["status"] == "completed" else leaderboard_row(None, labels=labels)
+            row = (_row(m, labels, externals, robustness) if m["status"] == "completed"
+                   else leaderboard_row(None, labels=labels))
             rows.append({**row, **given})
     return sorted(rows, key=leaderboard_sort_key)
 
 
-def _row(result: dict, labels, externals: Sequence[str] = ()) -> dict:
-    """A completed run's leaderboard row, with its external-set figures."""
+def _row(result: dict, labels, externals: Sequence[str] = (), robustness: bool = False) -> dict:
+    """A completed run's leaderboard row, with its external-set figures and (``robustness``) its robustness ones."""
     run = runs.RunFolder(result["run_dir"])
     row = leaderboard_row(run.metrics(), run.manifest, labels=labels)
     for slug in externals:
         evaluation = (result.get("externals") or {}).get(slug, {}).get("evaluation")
         metrics = runs.RunFolder(evaluation).metrics() if evaluation else {}
         row.update(external_figures(slug, metrics, row.get("accuracy")))
+    if robustness:
+        folder = (result.get("robustness") or {}).get("folder")
+        row.update(robustness_figures(read_json(Path(folder) / runs.ROBUSTNESS) if folder else {}))
     return row
 
 
-def seed_rows(results: list[dict], labels, externals: Sequence[str] = ()) -> list[dict]:
+def seed_rows(results: list[dict], labels, externals: Sequence[str] = (), robustness: bool = False) -> list[dict]:
     """One leaderboard row per (backbone, replicate), as run; failed replicates with their error."""
     rows = []
     for r in results:
         run = runs.RunFolder(r["run_dir"]) if r["run_dir"] else None  # a failed replicate may have one
         if r["status"] == "completed":
-            row = _row(r, labels, externals)
+            row = _row(r, labels, externals, robustness)
         else:
             row = leaderboard_row(None, run.manifest if run else None, labels=labels)
         row.update(backbone=r["backbone"], status=r["status"], error=r["error"])
@@ -343,7 +382,7 @@ def main(args) -> int:
     flags.pop("backbone")
     with training_output():
         folder = compare(flags, args.backbones or tuple(expand_backbones("reference")), seeds=args.seeds,
-                         externals=args.external, progress=not args.quiet, log=log)
+                         externals=args.external, robustness=args.robustness, progress=not args.quiet, log=log)
     print(folder)
     track_result(args, folder)
     return exit_status(folder)
