@@ -84,7 +84,7 @@ def _tuner_class():
 
             try:
                 write_trial_events(Path(self.directory) / runs.TENSORBOARD / f"trial_{trial_id}", trial_id,
-                                   values, trial_dir, self.runner.objective)
+                                   values, trial_dir, self.oracle.objective.name)
             except Exception as exc:  # a dashboard file must not fail the trial
                 self.runner.log(f"warning: TensorBoard events of trial {trial_id} not written: {exc}")
 

@@ -390,6 +390,9 @@ class ScoreByLearningRate:
     def run(self, trial_id, values, trial_dir):
         return {"val_accuracy": 1 - abs(np.log10(values["learning_rate"]) + 3) / 2}
 
+    def log(self, message):
+        raise AssertionError(f"unexpected warning: {message}")
+
 
 @pytest.mark.parametrize("tuner", TUNER_NAMES)
 def test_every_oracle_drives_the_suite_tuner(tuner, tmp_path):
