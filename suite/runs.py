@@ -14,7 +14,8 @@ Folder kinds (``FOLDER_KINDS``, most specific first):
     evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, contamination.csv,
                 report.html
     run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, training_hashes.npz,
-                calibration.json, logs/, report.html
+                calibration.json, logs/, report.html, and after ``suite export``: export/ (export.json,
+                labels.json, saved_model/, model.onnx, model.tflite)
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ TRAINING_HASHES = "training_hashes.npz"  # what a run trained on, for contaminat
 CALIBRATION = "calibration.json"  # temperature and conformal thresholds fitted on val (suite.calibration)
 CONTAMINATION = "contamination.csv"  # an evaluation's images that are copies of the run's training images
 LOCK = ".lock"
+# `suite export` (suite.export): RUN/export/ by default, one artifact per format, and what serving needs beside them
+EXPORT_DIR = "export"
+EXPORT = "export.json"
+EXPORT_LABELS = "labels.json"
+SAVED_MODEL = "saved_model"
+ONNX_MODEL = "model.onnx"
+LITERT_MODEL = "model.tflite"
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
