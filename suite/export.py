@@ -204,10 +204,12 @@ def export_run(run_dir, formats: Iterable[str] | None = None, *, out=None, atol:
         SuiteError: not a finished run, its test images cannot be read, or ``out`` holds something
             other than an earlier export.
     """
-    import keras
-
     chosen = [get_format(name) for name in dict.fromkeys(formats or FORMATS)]
     run = runs.RunFolder(run_dir)
+    if not (run.path / runs.MODEL).is_file():  # said before Keras starts
+        raise SuiteError(f"{run.path} has no {runs.MODEL}: the run did not finish training")
+    import keras
+
     model = run.load_model()
     out = Path(out) if out is not None else run.path / runs.EXPORT_DIR
     _check_replaceable(out)
