@@ -59,7 +59,8 @@ class ExportFormat:
     Attributes:
         name: the ``--format`` value (Keras's ``model.export`` format name).
         artifact: the file (or folder) name in the export folder (a constant of :mod:`suite.runs`).
-        export: ``(model, path) -> None`` writes the artifact.
+        export: ``(model, path) -> str | None`` writes the artifact; returns ``None`` for Keras's own
+            ``model.export``, or a line on the route taken instead.
         load: ``path -> runner``, the format's own runtime; a runner maps float32 images to probabilities.
         requires: for each Keras backend that can export this format, the modules the converter and
             the runtime need; a backend not listed cannot export it.
@@ -124,7 +125,7 @@ def get_format(name: str) -> ExportFormat:
 def _keras_export(fmt: str) -> Callable:
     def export(model, path: Path) -> None:
         model.export(str(path), format=fmt, verbose=False)
-    return export
+    return export  # None: Keras's own export, as it is
 
 
 def _load_saved_model(path: Path) -> Runner:
@@ -166,12 +167,73 @@ def _load_litert(path: Path) -> Runner:
     return run
 
 
+def _export_onnx(model, path: Path) -> str | None:
+    """Keras's ONNX export; under TensorFlow, redone from the frozen graph when Keras's leaves constants as inputs.
+
+    tf2onnx (1.17, TensorFlow 2.21) turns tensors a layer holds as constants rather than variables,
+    such as the mean and variance of EfficientNet's ``Normalization`` layer, into extra graph
+    inputs that no caller can feed. Freezing the graph first makes them constants.
+
+    Returns:
+        ``None`` when Keras's export was kept, else what was done instead.
+    """
+    import keras
+
+    model.export(str(path), format="onnx", verbose=False)
+    if keras.backend.backend() != "tensorflow":
+        return None
+    extra = _onnx_extra_inputs(path)
+    if not extra:
+        return None
+    _onnx_from_frozen_graph(model, path)
+    return (f"tf2onnx from the frozen graph: Keras's export left {len(extra)} constants as inputs "
+            f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})")
+
+
+def _onnx_extra_inputs(path: Path) -> list[str]:
+    """Graph inputs besides the image that are not initialisers (nothing can feed them)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    constants = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input[1:] if i.name not in constants]
+
+
+def _onnx_from_frozen_graph(model, path: Path) -> None:
+    """``model`` as ONNX through its frozen TensorFlow graph, input named ``image`` and output ``probs``."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")
+    frozen = convert_variables_to_constants_v2(
+        tf.function(lambda image: model(image, training=False)).get_concrete_function(spec))
+    patch_tf2onnx()  # Keras's fix of tf2onnx for NumPy 2, as its own export applies it
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # tf2onnx calls TensorFlow 1 graph functions, each with a deprecation warning
+    try:
+        proto, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(),
+                                                  input_names=[t.name for t in frozen.inputs],
+                                                  output_names=[t.name for t in frozen.outputs])
+    finally:
+        logger.setLevel(level)
+    names = {proto.graph.input[0].name: "image", proto.graph.output[0].name: "probs"}
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.name = names.get(value.name, value.name)
+    for node in proto.graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    onnx.save(proto, str(path))
+
+
 for _fmt in (
     # Under JAX, Keras writes a SavedModel through jax2tf (TensorFlow must be installed).
     ExportFormat("tf_saved_model", runs.SAVED_MODEL, _keras_export("tf_saved_model"), _load_saved_model,
                  {"tensorflow": ("tensorflow",), "jax": ("tensorflow",)}, ("tensorflow",)),
     # tf2onnx converts a TensorFlow graph; under JAX, Keras converts with jax2onnx instead.
-    ExportFormat("onnx", runs.ONNX_MODEL, _keras_export("onnx"), _load_onnx,
+    ExportFormat("onnx", runs.ONNX_MODEL, _export_onnx, _load_onnx,
                  {"tensorflow": ("tf2onnx", "onnx", "onnxruntime"), "jax": ("jax2onnx", "onnx", "onnxruntime")},
                  ("onnx", "onnxruntime", "tf2onnx", "jax2onnx")),
     # Keras converts to LiteRT (TFLite) with TensorFlow's converter only: not under JAX.
@@ -270,7 +332,8 @@ def _export_one(fmt: ExportFormat, model, folder: Path, images, reference, backe
         # converters print (stdout carries only the result) and warn about their own dependencies
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            fmt.export(model, path)
+            route = fmt.export(model, path)
+        entry["route"] = route or "keras model.export"
         entry["export_s"] = round(time.perf_counter() - start, 2)
         stage = "load"
         runner = fmt.load(path)

@@ -75,6 +75,27 @@ def _manifest_only(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
+def test_onnx_of_a_model_holding_constant_tensors_is_redone_from_the_frozen_graph(tmp_path):
+    """Keras's tf2onnx route leaves a Normalization layer's mean and variance (as EfficientNet holds them)
+    as graph inputs; the export notices and converts the frozen graph, with one input named image."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or export.get_format("onnx").unavailable("tensorflow"):
+        pytest.skip("the tf2onnx route needs the TensorFlow backend and tf2onnx")
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 3000.0, 3000.0])(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    expected = model.predict(images, verbose=0)  # Keras exports only a model that has been called
+    path = tmp_path / runs.ONNX_MODEL
+    route = export.get_format("onnx").export(model, path)
+    assert route and "frozen graph" in route
+    probs = export.predict(export.get_format("onnx").load(path), images)
+    assert export.parity(expected, probs)["parity_ok"]
+
+
 # -- one real export of a tiny trained run, shared ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -89,6 +110,14 @@ def exported(run_copy) -> tuple[Path, dict]:
     return export.export_run(run_copy, progress=False)
 
 
+@pytest.fixture(scope="module")
+def sample(run_copy) -> tuple[np.ndarray, np.ndarray]:
+    """A few of the run's test images, raw, and model.keras's probabilities for them."""
+    run = runs.RunFolder(run_copy)
+    _, images = export.run_test_images(run, progress=False)
+    return images[:5], run.load_model().predict(images[:5], verbose=0)
+
+
 def _installed(record: dict, name: str) -> dict:
     entry = record["formats"][name]
     if entry["status"] == "skipped":
@@ -98,7 +127,7 @@ def _installed(record: dict, name: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FORMATS)
-def test_each_installed_format_exports_reloads_and_matches_model_keras(exported, run_copy, name):
+def test_each_installed_format_exports_reloads_and_matches_model_keras(exported, run_copy, sample, name):
     folder, record = exported
     entry = _installed(record, name)
     assert entry["status"] == "ok", entry["reason"]
@@ -107,11 +136,9 @@ def test_each_installed_format_exports_reloads_and_matches_model_keras(exported,
     assert entry["top1_agree"] + entry["top1_ties"] == entry["top1_total"] == n_test == record["parity"]["images"]
     assert entry["latency_b1_ms"] > 0 and entry["latency_b32_ms"] > 0 and entry["versions"]
     # reloaded here on its own, on raw 0-255 float32 images, it answers as model.keras does
-    run = runs.RunFolder(run_copy)
-    _, images = export.run_test_images(run, progress=False)
-    runner = export.get_format(name).load(folder / entry["path"])
-    probs = export.predict(runner, images[:5])
-    assert np.abs(probs - run.load_model().predict(images[:5], verbose=0)).max() <= export.PARITY_ATOL
+    images, expected = sample
+    probs = export.predict(export.get_format(name).load(folder / entry["path"]), images)
+    assert np.abs(probs - expected).max() <= export.PARITY_ATOL
 
 
 @pytest.mark.slow
@@ -142,9 +169,10 @@ def _copying_exporter(artifact: Path):
 
 
 @pytest.mark.slow
-def test_broken_parity_fails_naming_the_format_and_keeps_no_artifact(exported, monkeypatch, tmp_path, capsys):
+def test_broken_parity_fails_naming_the_format_and_a_missing_converter_is_a_recorded_skip(
+        exported, monkeypatch, tmp_path, capsys):
     folder, record = exported
-    name = next(n for n, e in record["formats"].items() if e["status"] == "ok")
+    name = next(n for n, e in record["formats"].items() if e["status"] == "ok" and n != "onnx")
     fmt = export.get_format(name)
 
     def perturbed(path):
@@ -152,32 +180,33 @@ def test_broken_parity_fails_naming_the_format_and_keeps_no_artifact(exported, m
         return lambda x: runner(x) + 0.01
     monkeypatch.setitem(export.FORMATS, name, dataclasses.replace(
         fmt, export=_copying_exporter(folder / fmt.artifact), load=perturbed))
+    for converter in ("tf2onnx", "jax2onnx"):  # importing either now fails, as if not installed
+        monkeypatch.setitem(sys.modules, converter, None)
     out = tmp_path / "out"
-    assert main(["export", str(folder.parent), "--format", name, "--out", str(out), "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert f"error: {name} export failed: parity failed" in err
-    entry = json.loads((out / runs.EXPORT).read_text(encoding="utf-8"))["formats"][name]
-    assert entry["status"] == "failed" and entry["path"] is None and entry["max_abs_diff"] > export.PARITY_ATOL
+    assert main(["export", str(folder.parent), "--format", name, "--format", "onnx", "--out", str(out),
+                 "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert f"error: {name} export failed: parity failed" in captured.err and "error: onnx" not in captured.err
+    formats = json.loads((out / runs.EXPORT).read_text(encoding="utf-8"))["formats"]
+    broken, skipped = formats[name], formats["onnx"]
+    assert broken["status"] == "failed" and broken["path"] is None and broken["max_abs_diff"] > export.PARITY_ATOL
     assert not (out / fmt.artifact).exists()
+    assert skipped["status"] == "skipped" and skipped["install"].startswith("pip install ")
+    assert "pip install" in skipped["reason"] and not (out / runs.ONNX_MODEL).exists()
 
 
 @pytest.mark.slow
-def test_a_missing_converter_is_a_recorded_skip_and_a_stopped_export_leaves_the_earlier_one(
-        exported, monkeypatch, tmp_path, capsys):
+def test_a_stopped_export_leaves_the_earlier_one_and_nothing_half_made(exported, monkeypatch, tmp_path):
     folder, _ = exported
     out = tmp_path / "out"
-    monkeypatch.setitem(sys.modules, "tf2onnx", None)
-    monkeypatch.setitem(sys.modules, "jax2onnx", None)
-    assert main(["export", str(folder.parent), "--format", "onnx", "--out", str(out), "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
-    entry = json.loads((out / runs.EXPORT).read_text(encoding="utf-8"))["formats"]["onnx"]
-    assert entry["status"] == "skipped" and entry["install"].startswith("pip install ")
+    shutil.copytree(folder, out)
     before = sorted(p.name for p in out.iterdir())
 
     def interrupted(model, path):
         path.write_bytes(b"half")
         raise KeyboardInterrupt
-    fmt = export.get_format("tf_saved_model")
+    fmt = export.get_format("onnx")
     monkeypatch.setitem(export.FORMATS, fmt.name, dataclasses.replace(fmt, export=interrupted))
     assert main(["export", str(folder.parent), "--format", fmt.name, "--out", str(out), "--quiet"]) == 130
     assert sorted(p.name for p in out.iterdir()) == before
