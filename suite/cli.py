@@ -346,8 +346,22 @@ report with a curve per corruption and one test image at every severity.
 """
 
 
+EXPORT_DESCRIPTION = """\
+Export a finished run's model with Keras's model.export, reload each artifact with its own
+runtime (TensorFlow, ONNX Runtime, the LiteRT interpreter) and check it on the run's test images
+against model.keras: largest absolute difference of probabilities (--atol) and the same top-1
+class on every image. Also measures latency (batch 1 and 32) and size. Every artifact takes raw
+RGB float32 NHWC images, 0-255, at the run's image size (preprocessing is inside the model);
+labels.json beside them names the classes. The folder (RUN/export by default) gets the
+artifacts, labels.json and export.json, and replaces an earlier export only once complete.
+A format whose converter is not installed is skipped with the pip line that installs it.
+Exit status 1 names each format whose export or parity failed.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from suite.commands.bench import BENCH_FLAGS
+    from suite.export import PARITY_ATOL, format_names
     from suite.trials import OBJECTIVES, TUNER_NAMES
 
     parser = _Parser(
@@ -439,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
 
+    p = command("export", "export a finished run's model (SavedModel, ONNX, LiteRT), each checked against it",
+                parents=[quiet, _parent(_out("RUN/export"))], description=EXPORT_DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
+    p.add_argument("--format", dest="formats", action="append", choices=format_names(), default=None,
+                   help="format to export (may repeat; default: every one, skipping those whose converter "
+                        "is not installed)")
+    p.add_argument("--atol", type=_positive_float, default=PARITY_ATOL,
+                   help=f"largest absolute difference of probabilities parity allows (default: {PARITY_ATOL:g})")
+
     p = command("serve", "a local web page predicting uploaded images with a finished run's model "
                           "(and a JSON API: POST /predict)")
     p.add_argument("run_dir", type=_existing_dir, metavar="RUN")
@@ -488,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that start a Keras backend.
-BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "robustness", "predict", "serve")
+BACKEND_COMMANDS = ("run", "compare", "cv", "tune", "bench", "evaluate", "robustness", "predict", "export",
+                    "serve")
 
 
 # Exit statuses: 2 for an error the user can fix, 128 + the signal's number when stopped by one.

@@ -15,7 +15,8 @@ Folder kinds (``FOLDER_KINDS``, most specific first):
     evaluation  manifest.json (kind "evaluation"), metrics.json, predictions.csv, contamination.csv,
                 report.html
     run         manifest.json, metrics.json, predictions.csv, history.csv, model.keras, training_hashes.npz,
-                calibration.json, logs/, report.html
+                calibration.json, logs/, report.html, and after ``suite export``: export/ (export.json,
+                labels.json, saved_model/, model.onnx, model.tflite)
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ TENSORBOARD_EVENTS = "events.out.tfevents.suite"  # one per trial, rewritten whe
 # The default MLflow store beside the result folders of an output folder (--track mlflow, suite track).
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+# `suite export` (suite.export): RUN/export/ by default, one artifact per format, and what serving needs beside them
+EXPORT_DIR = "export"
+EXPORT = "export.json"
+EXPORT_LABELS = "labels.json"
+SAVED_MODEL = "saved_model"
+ONNX_MODEL = "model.onnx"
+LITERT_MODEL = "model.tflite"
 
 
 def timestamp(now: dt.datetime | None = None) -> str:
