@@ -301,18 +301,10 @@ def run_test_images(run: runs.RunFolder, *, progress: bool = True) -> tuple[list
     Raises:
         SuiteError: no ``predictions.csv``, or none of its images can be read.
     """
-    import csv
-
     from suite.data.decode import load_images
 
     table = run.path / runs.PREDICTIONS
-    try:
-        with open(table, newline="", encoding="utf-8") as f:
-            paths = [Path(row["path"]) for row in csv.DictReader(f) if row.get("path")]
-    except FileNotFoundError:
-        raise SuiteError(f"{run.path} has no {runs.PREDICTIONS}: the run did not finish testing") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise SuiteError(f"cannot read {table}: {_first_line(exc)}") from None
+    paths = [path for path, _ in run.test_images()]
     decoded = load_images(paths, run.image_size, progress=progress) if paths else None
     ok = [i for i, reason in enumerate(decoded.reasons) if reason is None] if decoded else []
     if not ok:

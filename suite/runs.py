@@ -378,6 +378,27 @@ class RunFolder:
     def labels(self) -> list[str]:
         return [str(x) for x in self.manifest.get("dataset", {}).get("labels", [])]
 
+    def test_images(self) -> list[tuple[Path, str]]:
+        """``(path, true label)`` of each test image the run scored, from its ``predictions.csv``; a relative
+        path is taken under the run's dataset root.
+
+        Raises:
+            SuiteError: no ``predictions.csv`` (the run did not finish testing), or one that cannot be read.
+        """
+        import csv
+
+        table = self.path / PREDICTIONS
+        try:
+            with open(table, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("path")]
+        except FileNotFoundError:
+            raise SuiteError(f"{self.path} has no {PREDICTIONS}: the run did not finish testing") from None
+        except (OSError, ValueError) as exc:
+            raise SuiteError(f"cannot read the run's test images from {table}: {exc}") from None
+        root = Path(self.manifest.get("dataset", {}).get("root") or ".")
+        return [(Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"], str(r.get("true")))
+                for r in rows]
+
     @property
     def image_size(self) -> int:
         return int(self.manifest["config"]["image_size"])

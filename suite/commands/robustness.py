@@ -10,7 +10,6 @@ the example strip, report.html).
 
 from __future__ import annotations
 
-import csv
 import io
 import time
 from collections.abc import Callable, Sequence
@@ -74,21 +73,16 @@ def robustness(run_dir, *, data=None, out=None, severities: Sequence[int] = SEVE
 def own_test(run: runs.RunFolder) -> dict:
     """The run's own test images and labels, from its ``predictions.csv``."""
     path = run.path / runs.PREDICTIONS
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise SuiteError(f"cannot read the run's test images from {path}: {exc.strerror or exc}") from None
-    rows = [r for r in rows if r.get("path") and r.get("true") in run.labels]
-    if not rows:
+    known = [(p, label) for p, label in run.test_images() if label in run.labels]
+    if not known:
         raise SuiteError(f"{path} lists no test image of a class the model knows")
     root = Path(run.manifest.get("dataset", {}).get("root") or ".")
-    paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"] for r in rows]
+    paths = [p for p, _ in known]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"{len(missing)} of the run's {len(paths)} test images are no longer where it read them "
                         f"(e.g. {missing[0]}); give the dataset with --data DIR")
-    return {"root": root, "paths": paths, "y": np.array([run.labels.index(r["true"]) for r in rows]),
+    return {"root": root, "paths": paths, "y": np.array([run.labels.index(label) for _, label in known]),
             "what": "the run's own test split", "dataset": run.manifest.get("dataset", {}),
             "seen": seen_in_own_split(run.manifest)}
 
