@@ -171,8 +171,10 @@ def test_a_dead_worker_ends_the_other_with_one_error_line(tmp_path, tiny_data):
                              "multiworker") for i in (0, 1)}
     try:
         deadline = time.monotonic() + TIMEOUT_S
-        # Process 1 logs its data once the cluster has formed: kill it then, mid-run.
-        while "data ready" not in (tmp_path / "p1.err").read_text():
+        # Kill process 1 mid-run: once it has its data (the cluster has formed) and process 0 has made
+        # its run folder (on a loaded machine process 0 can still be preparing its data then).
+        while ("data ready" not in (tmp_path / "p1.err").read_text()
+               or not any((tmp_path / "out0").glob("*/manifest.json"))):
             assert procs["p1"].poll() is None and procs["p0"].poll() is None, (tmp_path / "p0.err").read_text()
             assert time.monotonic() < deadline
             time.sleep(0.2)
