@@ -190,8 +190,8 @@ def _in_model_preprocessing(model, x):
     raise AssertionError("no backbone in the model")
 
 
-# Building and training all 16 (one eager step each) takes about 2.5 minutes on 2 cores, which would push the
-# full suite past 20 minutes: they run when asked, in their own tier, which CI runs after the suite.
+# Building and training all 16 (one eager step each) takes about 2.5 minutes of CPU: they run when asked, in
+# their own tier, which CI runs after the suite (`--dist load`: spread one by one over the workers).
 ZOO_ENV = "SUITE_ZOO"
 
 
