@@ -963,6 +963,7 @@ def robustness_rows(comparison: Mapping, raw_rows: Sequence[Mapping], comp_dir: 
         rows.append({"backbone": str(raw.get("backbone")), "accuracy": fmt3(raw.get("accuracy")),
                      "mean_corruption_accuracy": fmt3(raw.get("mean_corruption_accuracy")),
                      "relative_robustness": DASH if relative is None else f"{relative:.3f}",
+                     "leak_free_mean_corruption_accuracy": fmt3(raw.get("leak_free_mean_corruption_accuracy")),
                      "href": href(pathlib.Path(str(folder)) / runs.REPORT) if report and report.is_file() else None,
                      "error": link.get("error")})
     return rows

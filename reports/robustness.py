@@ -93,6 +93,7 @@ def _table(record: Mapping) -> dict:
                        "macro_f1": fmt3(as_dict(by_severity.get(s)).get("macro_f1")),
                        "value": fmt_value(as_dict(by_severity.get(s)).get("parameter"))} for s in severities],
             "mean": fmt3(c.get("mean_accuracy")),
+            "leak_free_mean": fmt3(c.get("leak_free_mean_accuracy")),
         })
     return {"severities": severities, "rows": rows}
 
@@ -137,6 +138,17 @@ def _source_link(folder: pathlib.Path, record: Mapping) -> str | None:
     return "../" + href(relative) + "/" + runs.REPORT
 
 
+def _leak_free(record: Mapping) -> dict | None:
+    """The headline figures on the images with no training twin, or ``None`` when that is unknown."""
+    leak_free = record.get("leak_free")
+    if not isinstance(leak_free, Mapping):
+        return None
+    relative = to_float(leak_free.get("relative_robustness"))
+    return {"n_images": fmt_int(leak_free.get("n_images")), "clean_accuracy": fmt3(leak_free.get("clean_accuracy")),
+            "mean_corruption_accuracy": fmt3(leak_free.get("mean_corruption_accuracy")),
+            "relative_robustness": DASH if relative is None else f"{relative:.3f}"}
+
+
 def robustness_context(loaded: Mapping) -> dict[str, Any]:
     """The flat template context of a robustness report, from :func:`load_robustness`'s dict."""
     record, folder = as_dict(loaded.get("record")), pathlib.Path(loaded.get("folder") or ".")
@@ -157,6 +169,7 @@ def robustness_context(loaded: Mapping) -> dict[str, Any]:
         "worst": str(worst.get("corruption") or DASH),
         "worst_accuracy": fmt3(worst.get("mean_accuracy")),
         "seen": str(as_dict(record.get("seen_in_training")).get("text") or DASH),
+        "leak_free": _leak_free(record),
         "curves": figure_uri(plots.robustness_curves_png, problems, "robustness curves", _curve_panels(record)),
         "table": _table(record),
         "strips": _strips(record, loaded.get("examples") or {}),

@@ -191,8 +191,8 @@ def external_figures(slug: str, evaluation: Mapping, internal_accuracy: float | 
 
 
 # With ``compare --robustness``: the mean accuracy over every corruption x severity of ``suite robustness``,
-# and that over the clean test accuracy.
-ROBUSTNESS_COLUMNS = ("mean_corruption_accuracy", "relative_robustness")
+# that over the clean test accuracy, and the mean again on the test images with no training twin.
+ROBUSTNESS_COLUMNS = ("mean_corruption_accuracy", "relative_robustness", "leak_free_mean_corruption_accuracy")
 
 
 def robustness_figures(record: Mapping) -> dict:

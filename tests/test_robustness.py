@@ -147,6 +147,27 @@ def test_motion_ghosting_puts_signal_into_the_background_along_the_phase_encode_
     assert background[0] < background[1] < background[2]
 
 
+def test_leak_free_figures_are_those_of_the_unseen_images_and_absent_when_unknown():
+    from suite.commands.robustness import _figures, summarise
+
+    labels = ["a", "b"]
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])  # right, wrong, right, wrong
+    unseen = np.array([True, False, True, True])
+    clean = _figures(probs, y, labels, unseen)
+    assert clean["accuracy"] == 0.5 and clean["leak_free_accuracy"] == pytest.approx(2 / 3)
+    cell = {"severity": 1, **_figures(probs[[1, 1, 2, 3]], y, labels, unseen)}  # wrong, wrong, right, wrong
+    corruptions = [{"name": "x", "results": [cell], "mean_accuracy": cell["accuracy"]}]
+    record = summarise(clean, corruptions, unseen)
+    assert record["leak_free"]["n_images"] == 3 and record["leak_free_mean_corruption_accuracy"] == pytest.approx(1 / 3)
+    assert record["leak_free"]["relative_robustness"] == pytest.approx(0.5)
+    every_image_seen = np.zeros(4, dtype=bool)
+    assert _figures(probs, y, labels, every_image_seen)["leak_free_accuracy"] is None
+    unknown = summarise({**clean, "leak_free_accuracy": None},
+                        [{"name": "x", "results": [{**cell, "leak_free_accuracy": None}], "mean_accuracy": 0.25}])
+    assert unknown["leak_free"] is None and unknown["leak_free_mean_corruption_accuracy"] is None
+
+
 # -- the command ----------------------------------------------------------------------------------
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
@@ -180,12 +201,20 @@ def test_robustness_writes_consistent_figures_report_and_index_and_touches_no_fi
     assert record["relative_robustness"] == pytest.approx(np.mean(cells) / record["clean"]["accuracy"])
     assert record["worst"]["corruption"] in NAMES and record["n_images"] == record["clean"]["n_test"] == 16
     assert record["source_run"] == str(robustness_run["run_dir"])
-    assert "test images" in record["seen_in_training"]["text"]  # what the run's own --dedup check found
+    seen = record["seen_in_training"]
+    assert "test images" in seen["text"] and seen["n_evaluated"] == 16  # each checked against the training record
+    leak_free = record["leak_free"]
+    assert leak_free["n_images"] == 16 - seen["count"]
+    if leak_free["n_images"]:
+        free = [float(r["leak_free_accuracy"]) for r in rows if r["corruption"] != "clean"]
+        assert record["leak_free_mean_corruption_accuracy"] == pytest.approx(np.mean(free))
+        assert leak_free["relative_robustness"] == pytest.approx(np.mean(free) / leak_free["clean_accuracy"])
     with np.load(folder / runs.ROBUSTNESS_EXAMPLES) as examples:
         assert all(examples[name].shape == (1 + len(SEVERITIES), 32, 32, 3) for name in NAMES)
     report = (folder / runs.REPORT).read_text()
     assert all(f"{name} " in report for name in NAMES) and "data:image/png;base64," in report
     assert "mean corruption accuracy" in report and "seen in training" in report.lower()
+    assert 'id="leak-free"' in report and "mean, leak-free" in report
     assert folder.name in (robustness_run["out"] / runs.INDEX).read_text()
     (folder / runs.REPORT).unlink()
     assert main(["report", str(folder)]) == 0  # re-rendered from the folder alone
@@ -194,19 +223,30 @@ def test_robustness_writes_consistent_figures_report_and_index_and_touches_no_fi
 
 def test_robustness_on_another_dataset_says_how_much_of_it_copies_training_images(robustness_run, tiny_data,
                                                                                   tmp_path):
-    """``--data``: a test-only set whose images are copies of training images is reported as such."""
-    external = tmp_path / "external"
+    """``--data``: a test set of 8 copies of training images and 16 new ones is reported as such, and its
+    leak-free figures are those of the 16 new images alone."""
+    external, new_only = tmp_path / "external", tmp_path / "new-only"
     for folder in sorted((tiny_data / "Training").iterdir()):
         target = external / "Testing" / folder.name
         target.mkdir(parents=True)
         for image in sorted(folder.iterdir())[:2]:
             shutil.copy(image, target / image.name)
-    out = tmp_path / "out"
-    assert main(["robustness", str(robustness_run["run_dir"]), "--data", str(external), "--out", str(out),
-                 "--severities", "5", "--quiet"]) == 0
-    record = json.loads(next(out.glob("*/" + runs.ROBUSTNESS)).read_text())
-    assert record["severities"] == [5] and record["n_images"] == 8
-    assert record["seen_in_training"]["count"] == 8 and record["seen_in_training"]["fraction"] == 1.0
+        (new_only / "Testing" / folder.name).mkdir(parents=True)
+        for image in sorted((tiny_data / "Testing" / folder.name).iterdir()):
+            for root in (external, new_only):
+                shutil.copy(image, root / "Testing" / folder.name / f"new-{image.name}")
+    records = {}
+    for name, data in (("mixed", external), ("new", new_only)):
+        out = tmp_path / f"out-{name}"
+        assert main(["robustness", str(robustness_run["run_dir"]), "--data", str(data), "--out", str(out),
+                     "--severities", "5", "--quiet"]) == 0
+        records[name] = json.loads(next(out.glob("*/" + runs.ROBUSTNESS)).read_text())
+    record = records["mixed"]
+    assert record["severities"] == [5] and record["n_images"] == 24
+    assert record["seen_in_training"]["count"] == 8 and record["seen_in_training"]["fraction"] == pytest.approx(1 / 3)
+    assert record["leak_free"]["n_images"] == 16
+    assert record["leak_free"]["clean_accuracy"] == pytest.approx(records["new"]["clean"]["accuracy"])
+    assert records["new"]["leak_free"]["n_images"] == 16 and records["new"]["seen_in_training"]["count"] == 0
 
 
 @pytest.mark.parametrize("argv, says", [
