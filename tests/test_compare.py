@@ -156,16 +156,18 @@ def _external_set(tiny_data: Path, root: Path) -> Path:
 
 @pytest.mark.slow
 def test_seeds_and_external_sets_in_one_comparison(tiny_data, tmp_path, capsys):
-    """compare --backbones mobilenetv2,efficientnetb0 --external DIR --seeds 2: per-seed and per-external
-    columns, every replicate kept and gated, and the report renders in headless Chromium."""
+    """compare --backbones mobilenetv2,efficientnetb0 --external DIR --seeds 2 --robustness: per-seed,
+    per-external and robustness columns, every replicate kept and gated, and the report renders in headless
+    Chromium."""
     out = tmp_path / "runs"
     external = _external_set(tiny_data, tmp_path)
     code = main(["compare", "--backbones", "mobilenetv2,efficientnetb0", "--seeds", "2", "--data", str(tiny_data),
                  "--external", str(external), "--out", str(out), "--image-size", "32", "--epochs", "1",
-                 "--batch-size", "8", "--weights", "none", "--quiet"])
+                 "--batch-size", "8", "--weights", "none", "--robustness", "--quiet"])
     assert code == 0
     folder = Path(capsys.readouterr().out.strip().splitlines()[-1])
     _check_external_columns(folder)
+    _check_robustness_columns(folder)
     _check_report_renders(folder, tmp_path)
     comp = json.loads((folder / "comparison.json").read_text())
     assert comp["seeds"] == 2 and all(len(m["seeds"]) == 2 for m in comp["runs"])
@@ -203,6 +205,26 @@ def _check_external_columns(folder: Path) -> None:
     with open(folder / "leaderboard_seeds.csv", newline="", encoding="utf-8") as f:
         per_seed = list(csv.DictReader(f))
     assert len(per_seed) == 4 and all(r[f"ext_{slug}_accuracy"] for r in per_seed)
+
+
+def _check_robustness_columns(folder: Path) -> None:
+    """Every replicate scored under the corruptions; the leaderboard's cells are the mean of its replicates'."""
+    from suite.metrics import ROBUSTNESS_COLUMNS
+
+    comp = json.loads((folder / "comparison.json").read_text())
+    rows = {r["backbone"]: r for r in json.loads((folder / "leaderboard.json").read_text())}
+    for member in comp["runs"]:
+        records = []
+        for seed in member["seeds"]:
+            scored = seed["robustness"]
+            assert scored["error"] is None
+            records.append(json.loads((folder / scored["folder"] / "robustness.json").read_text()))
+            assert records[-1]["source_run"] == str((folder / seed["run_dir"]).resolve())
+        for column in ROBUSTNESS_COLUMNS[:1]:
+            expected = np.mean([r[column] for r in records])
+            assert rows[member["backbone"]][column] == pytest.approx(expected)
+        assert rows[member["backbone"]]["leak_free_mean_corruption_accuracy"] is not None
+    assert 'id="robustness"' in (folder / "report.html").read_text(encoding="utf-8")
 
 
 def _check_report_renders(folder: Path, tmp_path: Path) -> None:
