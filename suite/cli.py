@@ -493,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("track", "log finished run, comparison, cv or tuning folders to MLflow ($MLFLOW_TRACKING_URI, "
                          "else sqlite mlflow.db beside each folder)", parents=[_parent(_experiment)])
     p.add_argument("paths", nargs="+", type=_existing_dir, metavar="FOLDER",
-                   help="run, evaluation, comparison, cv or tuning folders (each is logged anew)")
+                   help="run, evaluation, comparison, cv or tuning folders")
+    p.add_argument("--again", action="store_true",
+                   help="log a folder the experiment already holds in full anew (default: skip it, printing "
+                        "its MLflow run id)")
 
     p = command("list", "list the registered backbones")
     p.add_argument("pattern", nargs="?", default="*",

@@ -8,7 +8,8 @@ live callback, so a resumed cross-validation or search logs every fold and trial
 process trained it, and a store that is down during training costs nothing but a later
 ``suite track``.
 
-One MLflow run per result folder: a comparison, cross-validation or search is a parent run
+One MLflow run per result folder (``suite track`` skips a folder the experiment already holds in
+full, tagged ``suite.logged``, unless told ``--again``): a comparison, cross-validation or search is a parent run
 whose nested children are its backbones (each replicate with ``--seeds``), folds, or trials
 and retrained runs. The store is ``$MLFLOW_TRACKING_URI``, else SQLite ``OUT/mlflow.db`` with
 artifacts in ``OUT/mlartifacts`` (``OUT``: the folder the result folder is in). MLflow's
@@ -35,6 +36,7 @@ from suite.errors import ConfigError, SuiteError
 from suite.io import read_json
 
 TRACKERS = ("mlflow",)
+LOGGED_TAG = "suite.logged"  # "complete" once a run, its files and its children are all in the store
 INSTALL_HINT = 'pip install "mri-backbone-suite[track]" (or: pip install mlflow)'
 # Files a run's MLflow run keeps as artifacts, when the folder has them.
 RUN_ARTIFACTS = (runs.REPORT, runs.METRICS, runs.PREDICTIONS, runs.MODEL, runs.MANIFEST, runs.HISTORY,
@@ -367,6 +369,32 @@ def track_or_warn(folder: Path, *, experiment: str | None = None, log: Callable[
     return run_id
 
 
+def find_logged(folder: str | Path, *, experiment: str | None = None) -> str | None:
+    """The MLflow run that already holds ``folder`` in full in the experiment (see :func:`track_folder`), if any.
+
+    Only a top-level run of the same folder whose logging finished (tag :data:`LOGGED_TAG`) counts:
+    an attempt that stopped half-way is logged again.
+    """
+    folder = Path(folder)
+    record = read_folder(folder)
+    with _quiet_mlflow():
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(folder)
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment or record.tags.get("suite.kind", "run"))
+        if found is None:
+            return None
+        run_id = record.tags.get("suite.run_id", "")
+        query = f"tags.`suite.run_id` = '{run_id}'" if run_id and "'" not in run_id else ""
+        for candidate in client.search_runs([found.experiment_id], query, max_results=1000):
+            tags = candidate.data.tags
+            if (tags.get("suite.folder") == record.tags.get("suite.folder") and tags.get(LOGGED_TAG) == "complete"
+                    and "mlflow.parentRunId" not in tags):
+                return candidate.info.run_id
+    return None
+
+
 def _experiment_id(client, name: str, uri: str) -> str:
     """The experiment's id, made if missing (see :func:`artifact_location`)."""
     found = client.get_experiment_by_name(name)
@@ -395,6 +423,7 @@ def log_record(client, experiment_id: str, record: Record, parent_id: str | None
         _log_contents(client, run_id, record)
         for child in record.children:
             log_record(client, experiment_id, child, run_id)
+        client.set_tag(run_id, LOGGED_TAG, "complete")
     except BaseException:
         with contextlib.suppress(Exception):  # not left "running" in the store; the first error is the one told
             client.set_terminated(run_id, status="FAILED")

@@ -134,7 +134,20 @@ def test_cv_folds_and_search_trials_are_nested(client, every_kind):
 def test_track_command_logs_folders_and_refuses_what_it_cannot(client, every_kind):
     status, out, err = cli("track", every_kind["evaluation"], "--experiment", "afterwards")
     assert status == 0, err
-    assert client.get_run(out.strip()).data.tags["suite.kind"] == "evaluation"
+    first = out.strip()
+    assert client.get_run(first).data.tags["suite.kind"] == "evaluation"
+    assert client.get_run(first).data.tags[tracking.LOGGED_TAG] == "complete"
+    experiment = client.get_run(first).info.experiment_id
+    status, out, err = cli("track", every_kind["evaluation"], "--experiment", "afterwards")
+    assert (status, out.strip()) == (0, first) and "already logged in full" in err  # not logged twice
+    assert len(client.search_runs([experiment])) == 1
+    status, out, err = cli("track", every_kind["evaluation"], "--experiment", "afterwards", "--again")
+    assert status == 0 and out.strip() != first and len(client.search_runs([experiment])) == 2
+    half = client.create_run(experiment, tags={"suite.run_id": every_kind["evaluation"].name,  # a stopped attempt
+                                               "suite.folder": str(every_kind["evaluation"].resolve())})
+    assert tracking.find_logged(every_kind["evaluation"], experiment="afterwards") in {first, out.strip()}
+    assert tracking.find_logged(every_kind["evaluation"], experiment="elsewhere") is None
+    assert half.info.run_id != tracking.find_logged(every_kind["evaluation"], experiment="afterwards")
     status, out, err = cli("track", every_kind["cv"], every_kind["audit"])
     assert status == 2 and out == ""  # checked before anything is logged
     assert err.startswith("error: cannot track") and "kind audit" in err and len(err.splitlines()) == 1

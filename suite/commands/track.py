@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from suite.commands import log
 from suite.errors import SuiteError
-from suite.tracking import check_tracker, read_folder, track_folder, tracking_uri
+from suite.tracking import check_tracker, find_logged, read_folder, track_folder, tracking_uri
 
 
 def main(args) -> int:
@@ -13,7 +13,8 @@ def main(args) -> int:
         read_folder(folder)
     for folder in args.paths:
         try:
-            run_id = track_folder(folder, experiment=args.experiment)
+            logged = None if args.again else find_logged(folder, experiment=args.experiment)
+            run_id = logged or track_folder(folder, experiment=args.experiment)
         except SuiteError:
             raise
         except Exception as exc:  # the store's own errors (unreachable, refused), as one line
@@ -21,5 +22,9 @@ def main(args) -> int:
             raise SuiteError(f"MLflow could not log {folder} at {tracking_uri(folder)}: "
                              f"{type(exc).__name__}: {first}") from None
         print(run_id)
-        log(f"{folder}: MLflow run {run_id} at {tracking_uri(folder)}")
+        if logged:
+            log(f"{folder}: already logged in full as MLflow run {run_id} at {tracking_uri(folder)} "
+                "(--again logs it anew)")
+        else:
+            log(f"{folder}: MLflow run {run_id} at {tracking_uri(folder)}")
     return 0
