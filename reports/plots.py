@@ -19,6 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TRAIN_COLOUR = "#2563eb"
 _VAL_COLOUR = "#dc2626"
 _LR_COLOUR = "#059669"
+_LEAK_FREE_COLOUR = "#7c3aed"  # figures on the images with no training twin
 _MAX_TICK_LABEL = 18
 
 
@@ -703,11 +704,12 @@ def gradcam_overlay_png(path, heat, size: int = 112, alpha: float = 0.45, cmap: 
 
 
 def robustness_curves_png(panels: Sequence[Mapping]) -> bytes:
-    """One small panel per corruption: accuracy (solid) and macro-F1 (dashed) against severity, clean at 0.
+    """One small panel per corruption: accuracy (solid), macro-F1 (dashed) and, where known, the accuracy on
+    the images with no training twin (dotted) against severity, clean at 0.
 
     Args:
-        panels: ``{"name", "severities", "accuracy", "macro_f1"}`` each, severity 0 (clean) first;
-            values may be ``None``.
+        panels: ``{"name", "severities", "accuracy", "macro_f1"}`` and optionally ``"leak_free_accuracy"``
+            each, severity 0 (clean) first; values may be ``None``.
 
     Raises:
         NothingToPlot: no panel has a plottable accuracy.
@@ -718,7 +720,8 @@ def robustness_curves_png(panels: Sequence[Mapping]) -> bytes:
     cols = min(3, len(panels))
     fig = _new_figure(3.3 * cols, 2.5 * math.ceil(len(panels) / cols))
     for ax, panel in zip(_panel_grid(fig, len(panels), max_cols=cols), panels):
-        for key, style, colour in (("accuracy", "-", _TRAIN_COLOUR), ("macro_f1", "--", _VAL_COLOUR)):
+        for key, style, colour in (("accuracy", "-", _TRAIN_COLOUR), ("macro_f1", "--", _VAL_COLOUR),
+                                   ("leak_free_accuracy", ":", _LEAK_FREE_COLOUR)):
             points = [(s, _finite(v)) for s, v in zip(panel["severities"], panel.get(key) or [])]
             points = [(s, v) for s, v in points if v is not None]
             if points:

@@ -77,7 +77,9 @@ def _curve_panels(record: Mapping) -> list[dict]:
         results = [as_dict(r) for r in as_list(c.get("results"))]
         panels.append({"name": str(c.get("name")), "severities": [0] + [r.get("severity") for r in results],
                        "accuracy": [clean.get("accuracy")] + [r.get("accuracy") for r in results],
-                       "macro_f1": [clean.get("macro_f1")] + [r.get("macro_f1") for r in results]})
+                       "macro_f1": [clean.get("macro_f1")] + [r.get("macro_f1") for r in results],
+                       "leak_free_accuracy": [clean.get("leak_free_accuracy")]
+                       + [r.get("leak_free_accuracy") for r in results]})
     return panels
 
 
