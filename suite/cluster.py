@@ -91,6 +91,7 @@ def join(cluster: Cluster) -> dict:
     """
     import jax
 
+    _runtime_lines_to_stderr()
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only the CPU backend reads it
     message = (f"process {cluster.process_id} of {cluster.processes} could not form the cluster at "
                f"{cluster.coordinator} within {cluster.timeout_s}s: is every process started, with the same "
@@ -112,6 +113,19 @@ def join(cluster: Cluster) -> dict:
     # Without the client (a JAX that moved it), JAX's own heartbeat still ends a wait for a dead process.
     _JOINED.append((cluster, ClusterWatch(cluster, client).start() if client is not None else None))
     return cluster.describe()
+
+
+def _runtime_lines_to_stderr() -> None:
+    """Keep stdout for the command's results: the C++ runtime's own lines (gloo prints "[Gloo] Rank 0 is
+    connected ..." to file descriptor 1) go to stderr, while Python's ``sys.stdout`` keeps the original stdout."""
+    sys.stdout.flush()
+    try:
+        results = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptors to move (an embedding host): the lines stay where they are
+        return
+    sys.stdout = open(results, "w", buffering=1, encoding=sys.stdout.encoding or "utf-8",  # noqa: SIM115
+                      errors=sys.stdout.errors or "strict", closefd=True)
 
 
 class ClusterWatch:

@@ -139,7 +139,8 @@ def test_two_processes_train_like_one_and_only_process_0_keeps_a_folder(tmp_path
     for name, proc in procs.items():
         assert proc.returncode == 0, f"{name}: {text[name][1][-3000:]}"
 
-    run_dir = Path(text["p0"][0].strip().splitlines()[-1])
+    assert len(text["p0"][0].strip().splitlines()) == 1, text["p0"][0]  # stdout: the run folder alone
+    run_dir = Path(text["p0"][0].strip())
     assert run_dir.parent == tmp_path / "out0"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["strategy"] == "multiworker"
