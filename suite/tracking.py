@@ -344,6 +344,14 @@ def track_folder(folder: str | Path, *, experiment: str | None = None) -> str:
         SuiteError: not a folder that can be tracked.
         Exception: whatever MLflow raises (store unreachable, ...).
     """
+    return track_unless_logged(folder, experiment=experiment, again=True)[0]
+
+
+def track_unless_logged(folder: str | Path, *, experiment: str | None = None,
+                        again: bool = False) -> tuple[str, bool]:
+    """:func:`track_folder`, unless the experiment already holds the folder in full (:func:`find_logged`)
+    and ``again`` is false; returns the MLflow run id and whether it was there already. The folder is
+    read, and the store opened, once."""
     folder = Path(folder)
     record = read_folder(folder)
     with _quiet_mlflow():
@@ -352,8 +360,10 @@ def track_folder(folder: str | Path, *, experiment: str | None = None) -> str:
         uri = tracking_uri(folder)
         client = MlflowClient(tracking_uri=uri)
         name = experiment or record.tags.get("suite.kind", "run")
-        experiment_id = _experiment_id(client, name, uri)
-        return log_record(client, experiment_id, record)
+        logged = None if again else _logged_run(client, name, record)
+        if logged:
+            return logged, True
+        return log_record(client, _experiment_id(client, name, uri), record), False
 
 
 def track_or_warn(folder: Path, *, experiment: str | None = None, log: Callable[[str], None]) -> str | None:
@@ -380,18 +390,21 @@ def find_logged(folder: str | Path, *, experiment: str | None = None) -> str | N
     with _quiet_mlflow():
         from mlflow.tracking import MlflowClient
 
-        uri = tracking_uri(folder)
-        client = MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment or record.tags.get("suite.kind", "run"))
-        if found is None:
-            return None
-        run_id = record.tags.get("suite.run_id", "")
-        query = f"tags.`suite.run_id` = '{run_id}'" if run_id and "'" not in run_id else ""
-        for candidate in client.search_runs([found.experiment_id], query, max_results=1000):
-            tags = candidate.data.tags
-            if (tags.get("suite.folder") == record.tags.get("suite.folder") and tags.get(LOGGED_TAG) == "complete"
-                    and "mlflow.parentRunId" not in tags):
-                return candidate.info.run_id
+        client = MlflowClient(tracking_uri=tracking_uri(folder))
+        return _logged_run(client, experiment or record.tags.get("suite.kind", "run"), record)
+
+
+def _logged_run(client, experiment: str, record: Record) -> str | None:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    run_id = record.tags.get("suite.run_id", "")
+    query = f"tags.`suite.run_id` = '{run_id}'" if run_id and "'" not in run_id else ""
+    for candidate in client.search_runs([found.experiment_id], query, max_results=1000):
+        tags = candidate.data.tags
+        if (tags.get("suite.folder") == record.tags.get("suite.folder") and tags.get(LOGGED_TAG) == "complete"
+                and "mlflow.parentRunId" not in tags):
+            return candidate.info.run_id
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from suite.commands import log
 from suite.errors import SuiteError
-from suite.tracking import check_tracker, find_logged, read_folder, track_folder, tracking_uri
+from suite.tracking import check_tracker, read_folder, track_unless_logged, tracking_uri
 
 
 def main(args) -> int:
@@ -13,8 +13,7 @@ def main(args) -> int:
         read_folder(folder)
     for folder in args.paths:
         try:
-            logged = None if args.again else find_logged(folder, experiment=args.experiment)
-            run_id = logged or track_folder(folder, experiment=args.experiment)
+            run_id, logged = track_unless_logged(folder, experiment=args.experiment, again=args.again)
         except SuiteError:
             raise
         except Exception as exc:  # the store's own errors (unreachable, refused), as one line
